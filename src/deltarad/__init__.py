@@ -1,0 +1,8 @@
+"""DeltaRad: longitudinal radiomics, from scans before and after therapy to response and survival."""
+
+from importlib import metadata
+
+try:
+    __version__ = metadata.version("deltarad")
+except metadata.PackageNotFoundError:  # running from a source tree without installing
+    __version__ = "0.0.0"

@@ -1,0 +1,350 @@
+"""Sample sheets: loading, schema and semantic validation, typed patient records.
+
+Validation collects every problem before failing, so a user fixes a sheet in one pass; each
+problem names the sheet line, the patient, the column and the file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from deltarad import io
+from deltarad.config import known_centers, load_schema
+
+BASELINE = "baseline"
+SAMPLE_COLUMNS = ["patient_id", "center", "timepoint", "days", "modality", "image", "mask"]
+CLINICAL_COLUMNS = ["patient_id", "response", "time", "event"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One validation finding, located as precisely as the input allows."""
+
+    message: str
+    sheet: str | None = None
+    line: int | None = None
+    patient_id: str | None = None
+    column: str | None = None
+
+    def __str__(self) -> str:
+        where = []
+        if self.sheet:
+            where.append(self.sheet + (f" line {self.line}" if self.line else ""))
+        if self.patient_id:
+            where.append(f"patient {self.patient_id}")
+        if self.column:
+            where.append(f"column '{self.column}'")
+        return (", ".join(where) + ": " if where else "") + self.message
+
+
+class CohortError(ValueError):
+    """The cohort failed validation; `problems` holds every finding."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        lines = "\n  ".join(str(p) for p in problems)
+        super().__init__(f"{len(problems)} problem(s) in the input cohort:\n  {lines}")
+
+
+@dataclass(frozen=True)
+class ValidationSettings:
+    mask_label: int = 1
+    extra_mask_labels: tuple[int, ...] = ()
+    spacing_rel: float = 1e-4
+    origin_mm: float = 1e-3
+    direction: float = 1e-4
+    min_mask_voxels: int = 10
+    centers: tuple[str, ...] = ()  # empty: any centre accepted
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ValidationSettings:
+        v = config["validation"]
+        tol = v["geometry_tolerance"]
+        return cls(
+            mask_label=int(v["mask_label"]),
+            extra_mask_labels=tuple(int(x) for x in v["extra_mask_labels"]),
+            spacing_rel=float(tol["spacing_rel"]),
+            origin_mm=float(tol["origin_mm"]),
+            direction=float(tol["direction"]),
+            min_mask_voxels=int(v["min_mask_voxels"]),
+            centers=tuple(known_centers(config)),
+        )
+
+
+@dataclass(frozen=True)
+class Scan:
+    patient_id: str
+    center: str
+    timepoint: str
+    days: int
+    modality: str
+    image: Path
+    mask: Path | None
+
+
+def read_sheet(path: str | Path, required: list[str]) -> pd.DataFrame:
+    """Read a TSV sheet as text; a missing file or column is a CohortError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CohortError([Problem(f"sheet not found: {path}", sheet=str(path))])
+    try:
+        df = io.read_tsv(path)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise CohortError([Problem(f"not a readable TSV: {err}", sheet=str(path))]) from None
+    df.columns = [c.strip() for c in df.columns]
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise CohortError(
+            [Problem("missing column", sheet=path.name, column=c) for c in missing]
+        )
+    return df
+
+
+def resolve(value: str, sheet_dir: Path) -> Path:
+    """A sheet path: absolute, or relative to the sheet's folder."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else sheet_dir / p
+
+
+def display_path(path: Path) -> str:
+    """Relative to the working directory where the file lies below it, absolute otherwise."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        return str(absolute.relative_to(Path.cwd()))
+    except ValueError:
+        return str(absolute)
+
+
+def _schema_problems(df: pd.DataFrame, schema_name: str, sheet: str) -> list[Problem]:
+    validator = jsonschema.Draft202012Validator(load_schema(schema_name))
+    problems = []
+    for i, row in enumerate(df.to_dict("records")):
+        record = {k: (None if pd.isna(v) else str(v).strip()) for k, v in row.items()}
+        for err in validator.iter_errors(record):
+            column = err.absolute_path[0] if err.absolute_path else None
+            value = record.get(column) if column else None
+            if err.validator == "required":
+                column = err.message.split("'")[1]
+                message = "value is missing"
+            elif err.validator in ("pattern", "enum", "type"):
+                message = f"invalid value {value!r} ({_expectation(err)})"
+            else:
+                message = err.message
+            problems.append(
+                Problem(message, sheet=sheet, line=i + 2, patient_id=record.get("patient_id"),
+                        column=column)
+            )
+    return problems
+
+
+def _expectation(err: jsonschema.ValidationError) -> str:
+    if err.validator == "enum":
+        allowed = ["NA" if v is None else v for v in err.validator_value]
+        return "expected one of " + ", ".join(map(str, allowed))
+    if err.validator == "type" and err.instance is None:
+        return "value is missing"
+    description = err.schema.get("description", "")
+    return description.rstrip(".") if description else f"must match {err.validator_value}"
+
+
+def _check_mask(
+    scan: Scan, image_geo: io.Geometry, s: ValidationSettings, sheet: str, line: int
+) -> list[Problem]:
+    assert scan.mask is not None
+    where = {"sheet": sheet, "line": line, "patient_id": scan.patient_id, "column": "mask"}
+    try:
+        mask_geo, _, comps = io.read_header(scan.mask)
+    except io.ImageReadError as err:
+        return [Problem(str(err), **where)]
+    if comps != 1:
+        return [Problem(f"mask has {comps} components per voxel, expected a label image "
+                        f"({display_path(scan.mask)})", **where)]
+    fields = image_geo.mismatches(mask_geo, s.spacing_rel, s.origin_mm, s.direction)
+    if fields:
+        return [Problem(
+            f"mask grid differs from the image in {', '.join(fields)}: "
+            f"image {display_path(scan.image)} has {image_geo.describe()}; "
+            f"mask {display_path(scan.mask)} has {mask_geo.describe()}", **where)]
+    arr = sitk.GetArrayFromImage(io.read_image(scan.mask))
+    labels = set(np.unique(arr).tolist()) - {0}
+    problems = []
+    unexpected = sorted(labels - {s.mask_label, *s.extra_mask_labels})
+    if unexpected:
+        problems.append(Problem(
+            f"mask contains unexpected label(s) {unexpected} (tumour label is {s.mask_label}; "
+            f"list others in validation.extra_mask_labels) ({display_path(scan.mask)})", **where))
+    count = int(np.count_nonzero(arr == s.mask_label))
+    if count == 0:
+        problems.append(Problem(
+            f"mask has no voxel with the tumour label {s.mask_label} ({display_path(scan.mask)})",
+            **where))
+    elif count < s.min_mask_voxels:
+        problems.append(Problem(
+            f"mask has only {count} tumour voxel(s), fewer than validation.min_mask_voxels = "
+            f"{s.min_mask_voxels} ({display_path(scan.mask)})", **where))
+    return problems
+
+
+def _check_files(scan: Scan, s: ValidationSettings, sheet: str, line: int) -> list[Problem]:
+    where = {"sheet": sheet, "line": line, "patient_id": scan.patient_id}
+    try:
+        geo, pixel, comps = io.read_header(scan.image)
+    except io.ImageReadError as err:
+        return [Problem(str(err), column="image", **where)]
+    if len(geo.size) != 3 or min(geo.size) < 2:
+        return [Problem(f"image must be 3-D, found size {geo.size} ({display_path(scan.image)})",
+                        column="image", **where)]
+    if comps != 1:
+        return [Problem(f"image has {comps} components per voxel, expected a scalar image "
+                        f"({display_path(scan.image)})", column="image", **where)]
+    problems = []
+    if "float" in pixel:
+        arr = sitk.GetArrayFromImage(io.read_image(scan.image))
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        if bad:
+            problems.append(Problem(f"image has {bad} NaN or infinite voxel(s) "
+                                    f"({display_path(scan.image)})", column="image", **where))
+    if scan.mask is not None:
+        problems += _check_mask(scan, geo, s, sheet, line)
+    return problems
+
+
+def validate_samples(
+    samples_path: str | Path, settings: ValidationSettings
+) -> tuple[list[Scan], list[Problem]]:
+    """Schema, uniqueness, baseline, centre and file/geometry/mask checks of a samples sheet."""
+    samples_path = Path(samples_path)
+    sheet = samples_path.name
+    df = read_sheet(samples_path, SAMPLE_COLUMNS[:-1])
+    if "mask" not in df.columns:
+        df["mask"] = None
+    problems = _schema_problems(df[SAMPLE_COLUMNS], "samples", sheet)
+    bad_lines = {p.line for p in problems}
+    scans: list[tuple[int, Scan]] = []
+    for i, row in enumerate(df.to_dict("records")):
+        line = i + 2
+        if line in bad_lines:
+            continue
+        mask = row["mask"]
+        scans.append((line, Scan(
+            patient_id=row["patient_id"].strip(), center=row["center"].strip(),
+            timepoint=row["timepoint"].strip(), days=int(row["days"]),
+            modality=row["modality"].strip(),
+            image=resolve(row["image"].strip(), samples_path.parent),
+            mask=None if mask is None or pd.isna(mask) or not str(mask).strip()
+            else resolve(str(mask).strip(), samples_path.parent),
+        )))
+
+    seen: dict[tuple[str, str, str], int] = {}
+    centers: dict[str, str] = {}
+    for line, scan in scans:
+        where = {"sheet": sheet, "line": line, "patient_id": scan.patient_id}
+        key = (scan.patient_id, scan.timepoint, scan.modality)
+        if key in seen:
+            problems.append(Problem(
+                f"duplicate scan: timepoint {scan.timepoint}, modality {scan.modality} already "
+                f"on line {seen[key]}", column="timepoint", **where))
+        else:
+            seen[key] = line
+        if settings.centers and scan.center not in settings.centers:
+            problems.append(Problem(
+                f"unknown centre '{scan.center}' (known: {', '.join(settings.centers)}; "
+                "set study.centers in the config)", column="center", **where))
+        first = centers.setdefault(scan.patient_id, scan.center)
+        if first != scan.center:
+            problems.append(Problem(
+                f"patient appears under centres '{first}' and '{scan.center}'",
+                column="center", **where))
+        if scan.timepoint == BASELINE and scan.days != 0:
+            problems.append(Problem(f"baseline scan must have days 0, found {scan.days}",
+                                    column="days", **where))
+        problems += _check_files(scan, settings, sheet, line)
+
+    with_baseline = {s.patient_id for _, s in scans if s.timepoint == BASELINE}
+    for pid in sorted({s.patient_id for _, s in scans} - with_baseline):
+        problems.append(Problem("patient has no baseline scan (timepoint 'baseline')",
+                                sheet=sheet, patient_id=pid, column="timepoint"))
+    return [s for _, s in scans], problems
+
+
+def validate_clinical(
+    clinical_path: str | Path, patients: set[str]
+) -> tuple[pd.DataFrame, list[Problem]]:
+    """Schema checks, time > 0, unique rows, and agreement with the patients that have scans."""
+    clinical_path = Path(clinical_path)
+    sheet = clinical_path.name
+    df = read_sheet(clinical_path, CLINICAL_COLUMNS)
+    problems = _schema_problems(df[CLINICAL_COLUMNS], "clinical", sheet)
+    bad_lines = {p.line for p in problems}
+    seen: dict[str, int] = {}
+    for i, row in enumerate(df.to_dict("records")):
+        line = i + 2
+        pid = row["patient_id"]
+        where = {"sheet": sheet, "line": line, "patient_id": pid}
+        if line not in bad_lines and float(row["time"]) <= 0:
+            problems.append(Problem(f"time must be > 0, found {row['time']}", column="time",
+                                    **where))
+        if pid in seen:
+            problems.append(Problem(f"duplicate patient, first on line {seen[pid]}",
+                                    column="patient_id", **where))
+        seen.setdefault(pid, line)
+        if pid is not None and pid not in patients:
+            problems.append(Problem("clinical row without any scan in the samples sheet",
+                                    column="patient_id", **where))
+    for pid in sorted(patients - set(seen)):
+        problems.append(Problem("patient has scans but no row in the clinical sheet",
+                                sheet=sheet, patient_id=pid, column="patient_id"))
+    return df, problems
+
+
+def scans_table(scans: list[Scan]) -> pd.DataFrame:
+    """The validated samples table: baseline first, then by days, paths resolved."""
+    rows = [
+        {"patient_id": s.patient_id, "center": s.center, "timepoint": s.timepoint,
+         "days": s.days, "modality": s.modality, "image": display_path(s.image),
+         "mask": display_path(s.mask) if s.mask else None}
+        for s in scans
+    ]
+    df = pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
+    df["_order"] = (df["timepoint"] != BASELINE).astype(int)
+    df = df.sort_values(["patient_id", "_order", "days", "timepoint", "modality"])
+    return df.drop(columns="_order").reset_index(drop=True)
+
+
+def validate_cohort(
+    samples_path: str | Path, clinical_path: str | Path, settings: ValidationSettings
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Validate both sheets; return (samples, clinical) tables or raise with every problem."""
+    problems: list[Problem] = []
+    scans: list[Scan] = []
+    try:
+        scans, problems = validate_samples(samples_path, settings)
+    except CohortError as err:
+        problems += err.problems
+    patients = {s.patient_id for s in scans}
+    clinical = pd.DataFrame()
+    try:
+        clinical, clinical_problems = validate_clinical(clinical_path, patients)
+        problems += clinical_problems
+    except CohortError as err:
+        problems += err.problems
+    if problems:
+        raise CohortError(problems)
+    clinical = clinical.sort_values("patient_id").reset_index(drop=True)
+    return scans_table(scans), clinical
+
+
+def write_validated(
+    samples: pd.DataFrame, clinical: pd.DataFrame, samples_out: str | Path,
+    clinical_out: str | Path,
+) -> None:
+    io.write_table(samples, samples_out)
+    io.write_table(clinical, clinical_out)
