@@ -1,4 +1,4 @@
-"""DeltaRad: longitudinal radiomics, from scans before and after therapy to response and survival."""
+"""DeltaRad: longitudinal radiomics, from scans before and after therapy to outcome."""
 
 from importlib import metadata
 

@@ -18,6 +18,7 @@ import SimpleITK as sitk
 
 from deltarad import io
 from deltarad.config import known_centers, load_schema
+from deltarad.runlog import UserError
 
 BASELINE = "baseline"
 SAMPLE_COLUMNS = ["patient_id", "center", "timepoint", "days", "modality", "image", "mask"]
@@ -45,7 +46,7 @@ class Problem:
         return (", ".join(where) + ": " if where else "") + self.message
 
 
-class CohortError(ValueError):
+class CohortError(UserError):
     """The cohort failed validation; `problems` holds every finding."""
 
     def __init__(self, problems: list[Problem]):
@@ -207,8 +208,7 @@ def _check_files(scan: Scan, s: ValidationSettings, sheet: str, line: int) -> li
                         f"({display_path(scan.image)})", column="image", **where)]
     problems = []
     if "float" in pixel:
-        arr = sitk.GetArrayFromImage(io.read_image(scan.image))
-        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        bad = io.count_nonfinite(scan.image)
         if bad:
             problems.append(Problem(f"image has {bad} NaN or infinite voxel(s) "
                                     f"({display_path(scan.image)})", column="image", **where))
@@ -348,3 +348,13 @@ def write_validated(
 ) -> None:
     io.write_table(samples, samples_out)
     io.write_table(clinical, clinical_out)
+
+
+def validate_and_write(
+    samples_path: str | Path, clinical_path: str | Path, settings: ValidationSettings,
+    samples_out: str | Path, clinical_out: str | Path,
+) -> None:
+    """The workflow's validation step: raise CohortError, or write both validated tables."""
+    samples, clinical = validate_cohort(samples_path, clinical_path, settings)
+    write_validated(samples, clinical, samples_out, clinical_out)
+    print(f"valid: {samples['patient_id'].nunique()} patients, {len(samples)} scans")

@@ -12,10 +12,12 @@ from typing import Any
 import jsonschema
 import yaml
 
+from deltarad.runlog import UserError
+
 SCHEMAS = ("config", "samples", "clinical")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """The configuration is invalid; the message lists every problem."""
 
 

@@ -20,10 +20,12 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from deltarad.runlog import UserError
+
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UserError):
     """An image file is missing, unreadable or not an image."""
 
 
@@ -116,6 +118,24 @@ def _first_line(err: Exception) -> str:
         if line.lower().startswith("description"):
             return line
     return lines[-1] if lines else type(err).__name__
+
+
+def count_nonfinite(path: str | Path) -> int:
+    """Number of NaN or infinite voxels in a floating-point image file.
+
+    ITK's NIfTI reader silently turns NaN into 0, so NIfTI files are read with nibabel here:
+    the check must see what is in the file, not what SimpleITK makes of it.
+    """
+    path = Path(path)
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        import nibabel
+
+        data = np.asanyarray(nibabel.load(str(path)).dataobj)
+    else:
+        data = sitk.GetArrayFromImage(read_image(path))
+    if not np.issubdtype(data.dtype, np.floating):
+        return 0
+    return int(np.count_nonzero(~np.isfinite(data)))
 
 
 @contextlib.contextmanager

@@ -37,8 +37,17 @@ from scipy import ndimage
 from deltarad import io
 
 TIMEPOINTS = ("baseline", "followup")
-RING_REACH_MM = 10.0
-DEFORMATION_GRID_MM = 6.0  # control-grid spacing of the smooth deformation (linear interpolation)  # how far the peritumoral effect reaches beyond the tumour surface
+RING_REACH_MM = 10.0  # how far the peritumoral effect reaches beyond the tumour surface
+DEFORMATION_GRID_MM = 6.0  # control grid of the smooth deformation (linearly interpolated)
+
+# Column order of the generated sheets (records round-trip through JSON with sorted keys).
+SAMPLE_COLUMNS = ["patient_id", "center", "timepoint", "days", "modality", "image", "mask"]
+CLINICAL_COLUMNS = ["patient_id", "response", "time", "event", "age", "sex", "stage"]
+LATENT_COLUMNS = [
+    "patient_id", "center", "z_tumor", "z_peritumoral", "latent_risk", "response_probability",
+    "shrinkage", "event_time", "censor_time", "tumor_volume_baseline_mm3",
+    "tumor_volume_followup_mm3",
+]
 
 # Tissue intensities per contrast, before scanner effects.
 TISSUES = {
@@ -185,7 +194,9 @@ def load_true_transform(root: str | Path, patient_id: str) -> sitk.Transform:
     params_path, field_path = (Path(root) / p for p in transform_relpath(patient_id))
     params = json.loads(params_path.read_text())
     return true_transform_from_parts(
-        io.read_image(field_path), np.asarray(params["matrix"]), np.asarray(params["translation_mm"]),
+        io.read_image(field_path),
+        np.asarray(params["matrix"]),
+        np.asarray(params["translation_mm"]),
         np.asarray(params["center_mm"]),
     )
 
@@ -612,10 +623,11 @@ def write_sheets(records: list[dict[str, Any]], root: str | Path) -> None:
     """Write samples.tsv, clinical.tsv and truth/latent.tsv from per-patient records."""
     root = Path(root)
     records = sorted(records, key=lambda r: r["clinical"]["patient_id"])
-    samples = pd.DataFrame([s for r in records for s in r["samples"]])
+    samples = pd.DataFrame([s for r in records for s in r["samples"]], columns=SAMPLE_COLUMNS)
     io.write_table(samples, root / "samples.tsv")
-    io.write_table(pd.DataFrame([r["clinical"] for r in records]), root / "clinical.tsv")
-    latent = pd.DataFrame([r["latent"] for r in records])
+    clinical = pd.DataFrame([r["clinical"] for r in records], columns=CLINICAL_COLUMNS)
+    io.write_table(clinical, root / "clinical.tsv")
+    latent = pd.DataFrame([r["latent"] for r in records], columns=LATENT_COLUMNS)
     io.write_table(latent.round(6), root / "truth/latent.tsv")
 
 

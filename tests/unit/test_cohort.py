@@ -1,0 +1,234 @@
+"""Sample-sheet validation: each class of bad input is rejected, naming patient and column."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from deltarad import io
+from deltarad.cohort import CohortError, ValidationSettings, validate_cohort
+
+SETTINGS = ValidationSettings(centers=("C1", "C2"))
+
+
+def _sheets(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return io.read_tsv(root / "samples.tsv"), io.read_tsv(root / "clinical.tsv")
+
+
+def _write(root: Path, samples: pd.DataFrame | None = None, clinical=None) -> None:
+    if samples is not None:
+        io.write_table(samples, root / "samples.tsv")
+    if clinical is not None:
+        io.write_table(clinical, root / "clinical.tsv")
+
+
+def _problems(root: Path, settings: ValidationSettings = SETTINGS) -> list[str]:
+    with pytest.raises(CohortError) as info:
+        validate_cohort(root / "samples.tsv", root / "clinical.tsv", settings)
+    return [str(p) for p in info.value.problems]
+
+
+def _one(problems: list[str], *needles: str) -> str:
+    hits = [p for p in problems if all(n in p for n in needles)]
+    assert len(hits) == 1, (needles, problems)
+    return hits[0]
+
+
+def test_valid_cohort_passes_and_resolves_paths(tiny_cohort):
+    samples, clinical = validate_cohort(
+        tiny_cohort / "samples.tsv", tiny_cohort / "clinical.tsv", SETTINGS
+    )
+    assert len(samples) == 12 and len(clinical) == 6
+    assert all(Path(p).is_file() for p in samples["image"])
+    assert list(samples.groupby("patient_id")["timepoint"].first().unique()) == ["baseline"]
+
+
+def test_missing_file_geometry_mismatch_and_duplicate_reported_together(tiny_cohort):
+    samples, _ = _sheets(tiny_cohort)
+    samples.loc[0, "image"] = "images/C1-001/nope.nii.gz"  # missing file
+    mask = io.read_image(tiny_cohort / samples.loc[2, "mask"])
+    mask.SetSpacing((9.0, 9.0, 9.0))  # geometry mismatch on C1-002 baseline
+    io.write_image(mask, tiny_cohort / samples.loc[2, "mask"])
+    dup = samples.iloc[[5]].copy()  # C1-003 followup listed twice
+    _write(tiny_cohort, pd.concat([samples, dup], ignore_index=True))
+    problems = _problems(tiny_cohort)
+    assert len(problems) == 3, problems
+    _one(problems, "line 2", "patient C1-001", "column 'image'", "file not found", "nope.nii.gz")
+    geo = _one(problems, "line 4", "patient C1-002", "column 'mask'", "spacing")
+    assert "image" in geo and "(9, 9, 9)" in geo
+    _one(problems, "line 14", "patient C1-003", "column 'timepoint'", "duplicate scan", "line 7")
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "needle"),
+    [
+        ("patient_id", "Jane Doe", "invalid value 'Jane Doe'"),
+        ("modality", "XR", "expected one of CT, MR, PET"),
+        ("days", "-3", "invalid value '-3'"),
+        ("center", "C9", "unknown centre 'C9'"),
+    ],
+)
+def test_bad_sample_values(tiny_cohort, column, value, needle):
+    samples, _ = _sheets(tiny_cohort)
+    samples.loc[1, column] = value
+    _write(tiny_cohort, samples)
+    problems = _problems(tiny_cohort)
+    hit = _one(problems, "samples.tsv line 3", f"column '{column}'", needle)
+    if column != "patient_id":
+        assert "patient C1-001" in hit
+
+
+def test_missing_baseline_and_nonzero_baseline_days(tiny_cohort):
+    samples, _ = _sheets(tiny_cohort)
+    samples = samples.drop(index=0)  # C1-001 baseline gone
+    samples.loc[2, "days"] = "5"  # C1-002 baseline with days 5
+    _write(tiny_cohort, samples)
+    problems = _problems(tiny_cohort)
+    _one(problems, "patient C1-001", "column 'timepoint'", "no baseline scan")
+    _one(problems, "patient C1-002", "column 'days'", "days 0")
+
+
+def test_patient_in_two_centres(tiny_cohort):
+    samples, _ = _sheets(tiny_cohort)
+    samples.loc[1, "center"] = "C2"
+    _write(tiny_cohort, samples)
+    _one(_problems(tiny_cohort), "patient C1-001", "centres 'C1' and 'C2'")
+
+
+def test_missing_column(tiny_cohort):
+    samples, _ = _sheets(tiny_cohort)
+    _write(tiny_cohort, samples.drop(columns="modality"))
+    _one(_problems(tiny_cohort), "samples.tsv", "column 'modality'", "missing column")
+
+
+def _replace_image(root: Path, rel: str, array: np.ndarray, like: sitk.Image | None = None):
+    image = sitk.GetImageFromArray(array)
+    if like is not None:
+        image.CopyInformation(like)
+    io.write_image(image, root / rel)
+
+
+def test_mask_contents(tiny_cohort):
+    samples, _ = _sheets(tiny_cohort)
+    rels = samples["mask"].tolist()
+    ref = io.read_image(tiny_cohort / rels[0])
+    arr = sitk.GetArrayFromImage(ref)
+    _replace_image(tiny_cohort, rels[0], np.zeros_like(arr), ref)  # empty
+    labelled = arr.copy()
+    labelled[0, 0, 0] = 7
+    _replace_image(tiny_cohort, rels[1], labelled, io.read_image(tiny_cohort / rels[1]))
+    tiny = np.zeros_like(arr)
+    tiny[5, 5, 5:8] = 1
+    _replace_image(tiny_cohort, rels[2], tiny, io.read_image(tiny_cohort / rels[2]))
+    problems = _problems(tiny_cohort)
+    _one(problems, "line 2", "patient C1-001", "column 'mask'", "no voxel with the tumour label 1")
+    _one(problems, "line 3", "patient C1-001", "column 'mask'", "unexpected label(s) [7]")
+    _one(problems, "line 4", "patient C1-002", "column 'mask'", "only 3 tumour voxel(s)")
+    ok = ValidationSettings(centers=("C1", "C2"), extra_mask_labels=(7,), min_mask_voxels=3)
+    assert len(_problems(tiny_cohort, ok)) == 1  # only the empty mask remains
+
+
+def test_image_problems(tiny_cohort):
+    samples, _ = _sheets(tiny_cohort)
+    rels = samples["image"].tolist()
+    (tiny_cohort / rels[0]).write_bytes(b"this is not a NIfTI file")  # corrupt
+    _replace_image(tiny_cohort, rels[1], np.zeros((20, 20), np.int16))  # 2-D
+    ref = io.read_image(tiny_cohort / rels[2])
+    arr = sitk.GetArrayFromImage(ref).astype(np.float32)
+    arr[1, 1, 1] = np.nan
+    _replace_image(tiny_cohort, rels[2], arr, ref)
+    problems = _problems(tiny_cohort)
+    _one(problems, "line 2", "patient C1-001", "column 'image'", "not a readable image")
+    _one(problems, "line 3", "patient C1-001", "column 'image'", "must be 3-D")
+    _one(problems, "line 4", "patient C1-002", "column 'image'", "1 NaN or infinite")
+
+
+def test_nonfinite_voxels_found_in_nifti_and_mha(tmp_path):
+    """ITK's NIfTI reader turns NaN into 0: the check reads what is in the file."""
+    arr = np.zeros((4, 4, 4), np.float32)
+    arr[1, 1, 1] = np.nan
+    arr[2, 2, 2] = np.inf
+    for name in ("a.nii.gz", "a.mha"):
+        io.write_image(sitk.GetImageFromArray(arr), tmp_path / name)
+        assert io.count_nonfinite(tmp_path / name) == 2, name
+
+
+@pytest.mark.parametrize("field", ["origin", "direction", "size"])
+def test_geometry_fields(tiny_cohort, field):
+    samples, _ = _sheets(tiny_cohort)
+    rel = samples.loc[0, "mask"]
+    mask = io.read_image(tiny_cohort / rel)
+    if field == "origin":
+        mask.SetOrigin(tuple(o + 0.5 for o in mask.GetOrigin()))
+    elif field == "direction":
+        mask.SetDirection((0, 1, 0, 1, 0, 0, 0, 0, 1))
+    else:
+        mask = mask[:-1, :, :]
+    io.write_image(mask, tiny_cohort / rel)
+    hit = _one(_problems(tiny_cohort), "patient C1-001", "column 'mask'", "grid differs")
+    assert f"differs from the image in {field}" in hit
+
+
+def test_geometry_within_tolerance_passes(tiny_cohort):
+    samples, _ = _sheets(tiny_cohort)
+    rel = samples.loc[0, "mask"]
+    mask = io.read_image(tiny_cohort / rel)
+    mask.SetOrigin(tuple(o + 1e-5 for o in mask.GetOrigin()))
+    io.write_image(mask, tiny_cohort / rel)
+    validate_cohort(tiny_cohort / "samples.tsv", tiny_cohort / "clinical.tsv", SETTINGS)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "needle"),
+    [
+        ("time", "0", "time must be > 0"),
+        ("time", "-2", "invalid value '-2'"),
+        ("event", "2", "expected one of 0, 1"),
+        ("response", "yes", "expected one of 0, 1, NA"),
+    ],
+)
+def test_bad_clinical_values(tiny_cohort, column, value, needle):
+    _, clinical = _sheets(tiny_cohort)
+    clinical.loc[1, column] = value
+    _write(tiny_cohort, clinical=clinical)
+    _one(_problems(tiny_cohort), "clinical.tsv line 3", "patient C1-002", f"column '{column}'",
+         needle)
+
+
+def test_response_may_be_missing(tiny_cohort):
+    _, clinical = _sheets(tiny_cohort)
+    clinical.loc[1, "response"] = None
+    _write(tiny_cohort, clinical=clinical)
+    _, out = validate_cohort(tiny_cohort / "samples.tsv", tiny_cohort / "clinical.tsv", SETTINGS)
+    assert out["response"].isna().sum() == 1
+
+
+def test_clinical_and_samples_must_cover_the_same_patients(tiny_cohort):
+    samples, clinical = _sheets(tiny_cohort)
+    extra = clinical.iloc[[0]].assign(patient_id="GHOST-1")
+    clinical = pd.concat([clinical.iloc[1:], extra, clinical.iloc[[2]]], ignore_index=True)
+    _write(tiny_cohort, clinical=clinical)
+    problems = _problems(tiny_cohort)
+    _one(problems, "patient C1-001", "has scans but no row in the clinical sheet")
+    _one(problems, "patient GHOST-1", "clinical row without any scan")
+    _one(problems, "patient C1-003", "duplicate patient")
+
+
+def test_missing_sheet(tmp_path):
+    problems = _problems(tmp_path)
+    assert any("sheet not found" in p and "samples.tsv" in p for p in problems)
+    assert any("sheet not found" in p and "clinical.tsv" in p for p in problems)
+
+
+def test_absolute_and_relative_paths(tiny_cohort, tmp_path, monkeypatch):
+    samples, _ = _sheets(tiny_cohort)
+    samples["image"] = [str(tiny_cohort / p) for p in samples["image"]]
+    _write(tiny_cohort, samples)
+    monkeypatch.chdir(tmp_path)
+    out, _ = validate_cohort(tiny_cohort / "samples.tsv", tiny_cohort / "clinical.tsv", SETTINGS)
+    assert out.loc[0, "image"] == "cohort/images/C1-001/baseline.nii.gz"
+    assert out.loc[0, "mask"] == "cohort/masks/C1-001/baseline.nii.gz"

@@ -1,0 +1,144 @@
+"""The synthetic cohort: determinism, truth consistency, and the latent model's effects."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+from deltarad import io
+from deltarad.synth import (
+    SynthConfig,
+    _draw_misregistration,
+    load_true_transform,
+    patient_outputs,
+    simulate_cohort,
+    simulate_patient,
+)
+
+
+def _hashes(root):
+    return {
+        str(p.relative_to(root)): io.sha256(p) for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def test_same_seed_gives_byte_identical_files(tiny_synth, tiny_cohort_ro, tmp_path):
+    simulate_cohort(tiny_synth, tmp_path)
+    first, second = _hashes(tiny_cohort_ro), _hashes(tmp_path)
+    assert len(first) == 6 * len(patient_outputs("x")) + 3
+    assert first == second
+
+
+def test_other_seed_changes_images(tiny_synth, tiny_cohort_ro, tmp_path):
+    other = dataclasses.replace(tiny_synth, seed=tiny_synth.seed + 1)
+    patient = other.patients()[0]
+    simulate_patient(other, patient, tmp_path)
+    rel = "images/C1-001/baseline.nii.gz"
+    assert io.sha256(tmp_path / rel) != io.sha256(tiny_cohort_ro / rel)
+
+
+def test_patient_does_not_depend_on_cohort_size(tiny_synth, tiny_cohort_ro, tmp_path):
+    smaller = dataclasses.replace(tiny_synth, patients_per_center=1)
+    simulate_patient(smaller, smaller.patients()[0], tmp_path)
+    for rel in patient_outputs("C1-001"):
+        assert io.sha256(tmp_path / rel) == io.sha256(tiny_cohort_ro / rel), rel
+
+
+def test_sheets_list_every_file_with_centre_geometry(tiny_synth, tiny_cohort_ro):
+    samples = io.read_tsv(tiny_cohort_ro / "samples.tsv")
+    assert list(samples.columns) == [
+        "patient_id", "center", "timepoint", "days", "modality", "image", "mask"
+    ]
+    assert len(samples) == 12
+    for row in samples.itertuples():
+        image = io.read_image(tiny_cohort_ro / row.image)
+        center = next(c for c in tiny_synth.centers if c.name == row.center)
+        _, spacing, _ = tiny_synth.grid(center)
+        assert image.GetSpacing() == pytest.approx(tuple(spacing))
+        geo_mask, _, _ = io.read_header(tiny_cohort_ro / row.mask)
+        assert io.Geometry.of(image).mismatches(geo_mask) == []
+        assert (int(row.days) == 0) == (row.timepoint == "baseline")
+    clinical = io.read_tsv(tiny_cohort_ro / "clinical.tsv")
+    assert set(clinical.columns) >= {"patient_id", "response", "time", "event", "age", "stage"}
+    assert (clinical["time"].astype(float) > 0).all()
+    assert set(clinical["event"]) <= {"0", "1"}
+
+
+def _within_one_voxel(a: np.ndarray, b: np.ndarray) -> bool:
+    """Every voxel on which two masks disagree touches the other mask (26-neighbourhood)."""
+    cube = np.ones((3, 3, 3), bool)
+    only_a = a & ~b
+    only_b = b & ~a
+    return bool(
+        np.all(ndimage.binary_dilation(b, cube)[only_a])
+        and np.all(ndimage.binary_dilation(a, cube)[only_b])
+    )
+
+
+def test_true_transform_maps_followup_truth_onto_baseline_space(tiny_synth, tiny_cohort_ro):
+    for patient in tiny_synth.patients():
+        pid = patient.patient_id
+        truth = tiny_cohort_ro / "truth/masks" / pid
+        moving = io.read_image(truth / "followup.nii.gz")
+        reference = io.read_image(truth / "followup_in_baseline.nii.gz")
+        warped = sitk.Resample(
+            moving, reference, load_true_transform(tiny_cohort_ro, pid),
+            sitk.sitkNearestNeighbor, 0,
+        )
+        a = sitk.GetArrayFromImage(warped).astype(bool)
+        b = sitk.GetArrayFromImage(reference).astype(bool)
+        assert a.sum() > 0 and b.sum() > 0
+        assert _within_one_voxel(a, b), pid
+        # Nearest-neighbour resampling moves the boundary by at most a voxel; the volumes agree.
+        assert 0.7 < a.sum() / b.sum() < 1.4, pid
+
+
+def test_identity_would_not_pass_the_truth_check(tiny_synth, tiny_cohort_ro):
+    """The misregistration is real: without the true transform the masks disagree."""
+    far = 0
+    for patient in tiny_synth.patients():
+        truth = tiny_cohort_ro / "truth/masks" / patient.patient_id
+        moving = io.read_image(truth / "followup.nii.gz")
+        reference = io.read_image(truth / "followup_in_baseline.nii.gz")
+        same_grid = sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkNearestNeighbor)
+        a = sitk.GetArrayFromImage(same_grid).astype(bool)
+        b = sitk.GetArrayFromImage(reference).astype(bool)
+        far += not _within_one_voxel(a, b)
+    assert far >= 4
+
+
+def test_itk_transform_equals_generating_map(tiny_synth):
+    motion = _draw_misregistration(tiny_synth, np.random.default_rng(3))
+    pts = np.random.default_rng(4).uniform(-40, 40, (300, 3))
+    itk = motion.to_sitk()
+    mapped = np.array([itk.TransformPoint(tuple(p)) for p in pts])
+    np.testing.assert_allclose(mapped, motion.forward(pts), atol=1e-9)
+    np.testing.assert_allclose(motion.inverse(motion.forward(pts)), pts, atol=1e-4)
+    assert np.max(np.linalg.norm(motion.forward(pts) - pts, axis=1)) > 1.0
+
+
+def test_latents_drive_outcomes():
+    cfg = SynthConfig.from_config({"patients_per_center": 40, "shape": [16, 16, 16],
+                                   "spacing": [6.0, 6.0, 6.0], "centers": [{"name": "A"}]})
+    from deltarad.synth import _draw_patient
+
+    rows = []
+    for p in cfg.patients():
+        rng = np.random.default_rng([cfg.seed, 0, p.patient_index])
+        _, rec = _draw_patient(cfg, rng)
+        rows.append({**rec["clinical"], **rec["latent"]})
+    df = pd.DataFrame(rows)
+    # Responders have a higher oracle probability and shrink more.
+    assert df.loc[df.response == 1, "response_probability"].mean() > \
+        df.loc[df.response == 0, "response_probability"].mean() + 0.2
+    assert df.loc[df.response == 1, "shrinkage"].max() <= cfg.shrink_responder[1]
+    assert df.loc[df.response == 0, "shrinkage"].min() >= cfg.shrink_non_responder[0]
+    # Higher latent risk -> earlier events (Spearman correlation of risk and event time < 0).
+    assert df["latent_risk"].corr(df["event_time"], method="spearman") < -0.3
+    assert ((df.time <= df.event_time + 0.006) & (df.time > 0)).all()
+    assert (df.event == (df.event_time <= df.censor_time).astype(int)).all()

@@ -1,0 +1,53 @@
+# Config validation, sheet locations and input functions shared by all rule files.
+from pathlib import Path
+
+import pandas as pd
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from deltarad.config import check_config, schema_path
+from deltarad.synth import SynthConfig, patient_outputs
+
+validate(config, schema=str(schema_path("config")))
+_problems = check_config(config)
+if _problems:
+    raise WorkflowError("invalid configuration:\n  " + "\n  ".join(_problems))
+
+RESULTS = Path(config["results"])
+LOGS = RESULTS / "logs"
+COHORT = RESULTS / "cohort"
+SYNTHETIC = config["cohort"]["source"] == "synthetic"
+SYNTH_PATIENTS = (
+    [p.patient_id for p in SynthConfig.from_config(config["synthetic"]).patients()]
+    if SYNTHETIC
+    else []
+)
+REPO = Path(workflow.basedir)
+ENVS = REPO / "envs"
+
+
+wildcard_constraints:
+    patient=r"[A-Za-z0-9_-]+",
+    timepoint=r"[A-Za-z0-9_-]+",
+
+
+def samples_sheet():
+    """The samples sheet the cohort comes from: generated, or the user's."""
+    return COHORT / "samples.tsv" if SYNTHETIC else config["cohort"]["samples"]
+
+
+def clinical_sheet():
+    return COHORT / "clinical.tsv" if SYNTHETIC else config["cohort"]["clinical"]
+
+
+def synthetic_patient_outputs(pattern):
+    """Files of one synthetic patient (pattern `{patient}`) under the cohort folder."""
+    return [COHORT / f for f in patient_outputs(pattern)]
+
+
+def validated_scan_files(wildcards):
+    """Every image and mask of the validated sheet (known once validation has run)."""
+    table = pd.read_csv(
+        checkpoints.validate_cohort.get().output.samples, sep="\t", dtype=str
+    )
+    return sorted(set(table["image"].dropna()) | set(table["mask"].dropna()))

@@ -1,0 +1,89 @@
+# Ingest: generate the synthetic cohort (default) or take the user's sheets, then validate.
+
+
+if SYNTHETIC:
+
+    rule simulate_patient:
+        output:
+            synthetic_patient_outputs("{patient}"),
+        log:
+            LOGS / "simulate/{patient}.log",
+        conda:
+            ENVS / "imaging.yaml"
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=10,
+        params:
+            synthetic=config["synthetic"],
+            root=COHORT,
+        script:
+            "../scripts/simulate_patient.py"
+
+    rule simulate_sheets:
+        input:
+            expand(COHORT / "truth/patients/{patient}.json", patient=SYNTH_PATIENTS),
+        output:
+            samples=COHORT / "samples.tsv",
+            clinical=COHORT / "clinical.tsv",
+            latent=COHORT / "truth/latent.tsv",
+        log:
+            LOGS / "simulate/sheets.log",
+        conda:
+            ENVS / "imaging.yaml"
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=5,
+        params:
+            root=COHORT,
+        script:
+            "../scripts/simulate_sheets.py"
+
+
+checkpoint validate_cohort:
+    input:
+        samples=samples_sheet(),
+        clinical=clinical_sheet(),
+    output:
+        samples=report(
+            RESULTS / "tables/samples.validated.tsv",
+            caption="../report/samples.rst",
+            category="1. Cohort",
+        ),
+        clinical=RESULTS / "tables/clinical.validated.tsv",
+    log:
+        LOGS / "validate_cohort.log",
+    conda:
+        ENVS / "imaging.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        config=config,
+    script:
+        "../scripts/validate_cohort.py"
+
+
+rule provenance:
+    input:
+        samples=RESULTS / "tables/samples.validated.tsv",
+        clinical=RESULTS / "tables/clinical.validated.tsv",
+        scans=validated_scan_files,
+    output:
+        RESULTS / "provenance.json",
+    log:
+        LOGS / "provenance.log",
+    conda:
+        ENVS / "imaging.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=30,
+    params:
+        config=config,
+        repo=REPO,
+        sheets=[samples_sheet(), clinical_sheet()],
+    script:
+        "../scripts/provenance.py"
