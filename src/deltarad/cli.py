@@ -65,8 +65,9 @@ def cmd_validate(ns: argparse.Namespace) -> int:
         return 1
     if ns.out_dir:
         out = Path(ns.out_dir)
-        write_validated(samples, clinical, out / "samples.validated.tsv",
-                        out / "clinical.validated.tsv")
+        write_validated(
+            samples, clinical, out / "samples.validated.tsv", out / "clinical.validated.tsv"
+        )
     print(
         f"valid: {samples['patient_id'].nunique()} patients, {len(samples)} scans, "
         f"{len(clinical)} clinical rows"
@@ -82,8 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("simulate", help="generate the synthetic multi-centre longitudinal cohort")
-    p.add_argument("--config", action="append", metavar="YAML",
-                   help="config file(s), later ones override (default: built-in defaults)")
+    p.add_argument(
+        "--config",
+        action="append",
+        metavar="YAML",
+        help="config file(s), later ones override (default: built-in defaults)",
+    )
     p.add_argument("--out", required=True, help="output folder of the cohort")
     p.add_argument("--seed", type=int, help="override synthetic.seed")
     p.add_argument("--patients-per-center", type=int, help="override synthetic.patients_per_center")
@@ -93,8 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check sample sheets, images and masks; list all problems")
     p.add_argument("--samples", required=True, help="samples TSV")
     p.add_argument("--clinical", required=True, help="clinical TSV")
-    p.add_argument("--config", action="append", metavar="YAML",
-                   help="config file(s) with the validation settings and known centres")
+    p.add_argument(
+        "--config",
+        action="append",
+        metavar="YAML",
+        help="config file(s) with the validation settings and known centres",
+    )
     p.add_argument("--out-dir", help="write samples.validated.tsv and clinical.validated.tsv here")
     p.set_defaults(func=cmd_validate)
     return parser

@@ -103,9 +103,7 @@ def read_sheet(path: str | Path, required: list[str]) -> pd.DataFrame:
     df.columns = [c.strip() for c in df.columns]
     missing = [c for c in required if c not in df.columns]
     if missing:
-        raise CohortError(
-            [Problem("missing column", sheet=path.name, column=c) for c in missing]
-        )
+        raise CohortError([Problem("missing column", sheet=path.name, column=c) for c in missing])
     return df
 
 
@@ -140,8 +138,13 @@ def _schema_problems(df: pd.DataFrame, schema_name: str, sheet: str) -> list[Pro
             else:
                 message = err.message
             problems.append(
-                Problem(message, sheet=sheet, line=i + 2, patient_id=record.get("patient_id"),
-                        column=column)
+                Problem(
+                    message,
+                    sheet=sheet,
+                    line=i + 2,
+                    patient_id=record.get("patient_id"),
+                    column=column,
+                )
             )
     return problems
 
@@ -166,31 +169,51 @@ def _check_mask(
     except io.ImageReadError as err:
         return [Problem(str(err), **where)]
     if comps != 1:
-        return [Problem(f"mask has {comps} components per voxel, expected a label image "
-                        f"({display_path(scan.mask)})", **where)]
+        return [
+            Problem(
+                f"mask has {comps} components per voxel, expected a label image "
+                f"({display_path(scan.mask)})",
+                **where,
+            )
+        ]
     fields = image_geo.mismatches(mask_geo, s.spacing_rel, s.origin_mm, s.direction)
     if fields:
-        return [Problem(
-            f"mask grid differs from the image in {', '.join(fields)}: "
-            f"image {display_path(scan.image)} has {image_geo.describe()}; "
-            f"mask {display_path(scan.mask)} has {mask_geo.describe()}", **where)]
+        return [
+            Problem(
+                f"mask grid differs from the image in {', '.join(fields)}: "
+                f"image {display_path(scan.image)} has {image_geo.describe()}; "
+                f"mask {display_path(scan.mask)} has {mask_geo.describe()}",
+                **where,
+            )
+        ]
     arr = sitk.GetArrayFromImage(io.read_image(scan.mask))
     labels = set(np.unique(arr).tolist()) - {0}
     problems = []
     unexpected = sorted(labels - {s.mask_label, *s.extra_mask_labels})
     if unexpected:
-        problems.append(Problem(
-            f"mask contains unexpected label(s) {unexpected} (tumour label is {s.mask_label}; "
-            f"list others in validation.extra_mask_labels) ({display_path(scan.mask)})", **where))
+        problems.append(
+            Problem(
+                f"mask contains unexpected label(s) {unexpected} (tumour label is {s.mask_label}; "
+                f"list others in validation.extra_mask_labels) ({display_path(scan.mask)})",
+                **where,
+            )
+        )
     count = int(np.count_nonzero(arr == s.mask_label))
     if count == 0:
-        problems.append(Problem(
-            f"mask has no voxel with the tumour label {s.mask_label} ({display_path(scan.mask)})",
-            **where))
+        problems.append(
+            Problem(
+                f"mask has no voxel with the tumour label {s.mask_label} ({display_path(scan.mask)})",
+                **where,
+            )
+        )
     elif count < s.min_mask_voxels:
-        problems.append(Problem(
-            f"mask has only {count} tumour voxel(s), fewer than validation.min_mask_voxels = "
-            f"{s.min_mask_voxels} ({display_path(scan.mask)})", **where))
+        problems.append(
+            Problem(
+                f"mask has only {count} tumour voxel(s), fewer than validation.min_mask_voxels = "
+                f"{s.min_mask_voxels} ({display_path(scan.mask)})",
+                **where,
+            )
+        )
     return problems
 
 
@@ -201,17 +224,33 @@ def _check_files(scan: Scan, s: ValidationSettings, sheet: str, line: int) -> li
     except io.ImageReadError as err:
         return [Problem(str(err), column="image", **where)]
     if len(geo.size) != 3 or min(geo.size) < 2:
-        return [Problem(f"image must be 3-D, found size {geo.size} ({display_path(scan.image)})",
-                        column="image", **where)]
+        return [
+            Problem(
+                f"image must be 3-D, found size {geo.size} ({display_path(scan.image)})",
+                column="image",
+                **where,
+            )
+        ]
     if comps != 1:
-        return [Problem(f"image has {comps} components per voxel, expected a scalar image "
-                        f"({display_path(scan.image)})", column="image", **where)]
+        return [
+            Problem(
+                f"image has {comps} components per voxel, expected a scalar image "
+                f"({display_path(scan.image)})",
+                column="image",
+                **where,
+            )
+        ]
     problems = []
     if "float" in pixel:
         bad = io.count_nonfinite(scan.image)
         if bad:
-            problems.append(Problem(f"image has {bad} NaN or infinite voxel(s) "
-                                    f"({display_path(scan.image)})", column="image", **where))
+            problems.append(
+                Problem(
+                    f"image has {bad} NaN or infinite voxel(s) ({display_path(scan.image)})",
+                    column="image",
+                    **where,
+                )
+            )
     if scan.mask is not None:
         problems += _check_mask(scan, geo, s, sheet, line)
     return problems
@@ -234,14 +273,22 @@ def validate_samples(
         if line in bad_lines:
             continue
         mask = row["mask"]
-        scans.append((line, Scan(
-            patient_id=row["patient_id"].strip(), center=row["center"].strip(),
-            timepoint=row["timepoint"].strip(), days=int(row["days"]),
-            modality=row["modality"].strip(),
-            image=resolve(row["image"].strip(), samples_path.parent),
-            mask=None if mask is None or pd.isna(mask) or not str(mask).strip()
-            else resolve(str(mask).strip(), samples_path.parent),
-        )))
+        scans.append(
+            (
+                line,
+                Scan(
+                    patient_id=row["patient_id"].strip(),
+                    center=row["center"].strip(),
+                    timepoint=row["timepoint"].strip(),
+                    days=int(row["days"]),
+                    modality=row["modality"].strip(),
+                    image=resolve(row["image"].strip(), samples_path.parent),
+                    mask=None
+                    if mask is None or pd.isna(mask) or not str(mask).strip()
+                    else resolve(str(mask).strip(), samples_path.parent),
+                ),
+            )
+        )
 
     seen: dict[tuple[str, str, str], int] = {}
     centers: dict[str, str] = {}
@@ -249,29 +296,52 @@ def validate_samples(
         where = {"sheet": sheet, "line": line, "patient_id": scan.patient_id}
         key = (scan.patient_id, scan.timepoint, scan.modality)
         if key in seen:
-            problems.append(Problem(
-                f"duplicate scan: timepoint {scan.timepoint}, modality {scan.modality} already "
-                f"on line {seen[key]}", column="timepoint", **where))
+            problems.append(
+                Problem(
+                    f"duplicate scan: timepoint {scan.timepoint}, modality {scan.modality} already "
+                    f"on line {seen[key]}",
+                    column="timepoint",
+                    **where,
+                )
+            )
         else:
             seen[key] = line
         if settings.centers and scan.center not in settings.centers:
-            problems.append(Problem(
-                f"unknown centre '{scan.center}' (known: {', '.join(settings.centers)}; "
-                "set study.centers in the config)", column="center", **where))
+            problems.append(
+                Problem(
+                    f"unknown centre '{scan.center}' (known: {', '.join(settings.centers)}; "
+                    "set study.centers in the config)",
+                    column="center",
+                    **where,
+                )
+            )
         first = centers.setdefault(scan.patient_id, scan.center)
         if first != scan.center:
-            problems.append(Problem(
-                f"patient appears under centres '{first}' and '{scan.center}'",
-                column="center", **where))
+            problems.append(
+                Problem(
+                    f"patient appears under centres '{first}' and '{scan.center}'",
+                    column="center",
+                    **where,
+                )
+            )
         if scan.timepoint == BASELINE and scan.days != 0:
-            problems.append(Problem(f"baseline scan must have days 0, found {scan.days}",
-                                    column="days", **where))
+            problems.append(
+                Problem(
+                    f"baseline scan must have days 0, found {scan.days}", column="days", **where
+                )
+            )
         problems += _check_files(scan, settings, sheet, line)
 
     with_baseline = {s.patient_id for _, s in scans if s.timepoint == BASELINE}
     for pid in sorted({s.patient_id for _, s in scans} - with_baseline):
-        problems.append(Problem("patient has no baseline scan (timepoint 'baseline')",
-                                sheet=sheet, patient_id=pid, column="timepoint"))
+        problems.append(
+            Problem(
+                "patient has no baseline scan (timepoint 'baseline')",
+                sheet=sheet,
+                patient_id=pid,
+                column="timepoint",
+            )
+        )
     return [s for _, s in scans], problems
 
 
@@ -290,27 +360,48 @@ def validate_clinical(
         pid = row["patient_id"]
         where = {"sheet": sheet, "line": line, "patient_id": pid}
         if line not in bad_lines and float(row["time"]) <= 0:
-            problems.append(Problem(f"time must be > 0, found {row['time']}", column="time",
-                                    **where))
+            problems.append(
+                Problem(f"time must be > 0, found {row['time']}", column="time", **where)
+            )
         if pid in seen:
-            problems.append(Problem(f"duplicate patient, first on line {seen[pid]}",
-                                    column="patient_id", **where))
+            problems.append(
+                Problem(
+                    f"duplicate patient, first on line {seen[pid]}", column="patient_id", **where
+                )
+            )
         seen.setdefault(pid, line)
         if pid is not None and pid not in patients:
-            problems.append(Problem("clinical row without any scan in the samples sheet",
-                                    column="patient_id", **where))
+            problems.append(
+                Problem(
+                    "clinical row without any scan in the samples sheet",
+                    column="patient_id",
+                    **where,
+                )
+            )
     for pid in sorted(patients - set(seen)):
-        problems.append(Problem("patient has scans but no row in the clinical sheet",
-                                sheet=sheet, patient_id=pid, column="patient_id"))
+        problems.append(
+            Problem(
+                "patient has scans but no row in the clinical sheet",
+                sheet=sheet,
+                patient_id=pid,
+                column="patient_id",
+            )
+        )
     return df, problems
 
 
 def scans_table(scans: list[Scan]) -> pd.DataFrame:
     """The validated samples table: baseline first, then by days, paths resolved."""
     rows = [
-        {"patient_id": s.patient_id, "center": s.center, "timepoint": s.timepoint,
-         "days": s.days, "modality": s.modality, "image": display_path(s.image),
-         "mask": display_path(s.mask) if s.mask else None}
+        {
+            "patient_id": s.patient_id,
+            "center": s.center,
+            "timepoint": s.timepoint,
+            "days": s.days,
+            "modality": s.modality,
+            "image": display_path(s.image),
+            "mask": display_path(s.mask) if s.mask else None,
+        }
         for s in scans
     ]
     df = pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
@@ -343,7 +434,9 @@ def validate_cohort(
 
 
 def write_validated(
-    samples: pd.DataFrame, clinical: pd.DataFrame, samples_out: str | Path,
+    samples: pd.DataFrame,
+    clinical: pd.DataFrame,
+    samples_out: str | Path,
     clinical_out: str | Path,
 ) -> None:
     io.write_table(samples, samples_out)
@@ -351,8 +444,11 @@ def write_validated(
 
 
 def validate_and_write(
-    samples_path: str | Path, clinical_path: str | Path, settings: ValidationSettings,
-    samples_out: str | Path, clinical_out: str | Path,
+    samples_path: str | Path,
+    clinical_path: str | Path,
+    settings: ValidationSettings,
+    samples_out: str | Path,
+    clinical_out: str | Path,
 ) -> None:
     """The workflow's validation step: raise CohortError, or write both validated tables."""
     samples, clinical = validate_cohort(samples_path, clinical_path, settings)

@@ -16,9 +16,24 @@ from deltarad.config import config_hash
 
 # Distributions whose versions change results; reported when installed.
 PACKAGES = (
-    "deltarad", "numpy", "scipy", "pandas", "SimpleITK", "pyradiomics-bhklab", "pyradiomics",
-    "torch", "torchvision", "monai", "nnunetv2", "scikit-learn", "scikit-survival", "lifelines",
-    "snakemake", "pyarrow", "matplotlib", "pydicom",
+    "deltarad",
+    "numpy",
+    "scipy",
+    "pandas",
+    "SimpleITK",
+    "pyradiomics-bhklab",
+    "pyradiomics",
+    "torch",
+    "torchvision",
+    "monai",
+    "nnunetv2",
+    "scikit-learn",
+    "scikit-survival",
+    "lifelines",
+    "snakemake",
+    "pyarrow",
+    "matplotlib",
+    "pydicom",
 )
 
 
@@ -34,6 +49,7 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
 
 def git_commit(repo: str | Path) -> dict[str, Any]:
     """Commit of the workflow's repository and whether its tracked files were modified."""
+
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True
@@ -72,8 +88,11 @@ def build(
 
 
 def write(
-    config: dict[str, Any], samples_path: str | Path, sheets: list[str | Path],
-    repo: str | Path, out: str | Path,
+    config: dict[str, Any],
+    samples_path: str | Path,
+    sheets: list[str | Path],
+    repo: str | Path,
+    out: str | Path,
 ) -> None:
     samples = io.read_tsv(samples_path)
     io.write_json(build(config, samples, [samples_path, *sheets], repo), out)

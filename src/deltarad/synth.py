@@ -44,17 +44,41 @@ DEFORMATION_GRID_MM = 6.0  # control grid of the smooth deformation (linearly in
 SAMPLE_COLUMNS = ["patient_id", "center", "timepoint", "days", "modality", "image", "mask"]
 CLINICAL_COLUMNS = ["patient_id", "response", "time", "event", "age", "sex", "stage"]
 LATENT_COLUMNS = [
-    "patient_id", "center", "z_tumor", "z_peritumoral", "latent_risk", "response_probability",
-    "shrinkage", "event_time", "censor_time", "tumor_volume_baseline_mm3",
+    "patient_id",
+    "center",
+    "z_tumor",
+    "z_peritumoral",
+    "latent_risk",
+    "response_probability",
+    "shrinkage",
+    "event_time",
+    "censor_time",
+    "tumor_volume_baseline_mm3",
     "tumor_volume_followup_mm3",
 ]
 
 # Tissue intensities per contrast, before scanner effects.
 TISSUES = {
-    "CT": {"air": -1000.0, "fat": -100.0, "soft": 40.0, "organ": 60.0, "bone": 600.0,
-           "tumor": 75.0, "texture_gain": 1.0, "unit_gain": 1.0},
-    "MR": {"air": 0.0, "fat": 700.0, "soft": 300.0, "organ": 250.0, "bone": 80.0,
-           "tumor": 460.0, "texture_gain": 3.0, "unit_gain": 3.0},
+    "CT": {
+        "air": -1000.0,
+        "fat": -100.0,
+        "soft": 40.0,
+        "organ": 60.0,
+        "bone": 600.0,
+        "tumor": 75.0,
+        "texture_gain": 1.0,
+        "unit_gain": 1.0,
+    },
+    "MR": {
+        "air": 0.0,
+        "fat": 700.0,
+        "soft": 300.0,
+        "organ": 250.0,
+        "bone": 80.0,
+        "tumor": 460.0,
+        "texture_gain": 3.0,
+        "unit_gain": 3.0,
+    },
 }
 
 
@@ -385,11 +409,13 @@ def _draw_patient(cfg: SynthConfig, rng: np.random.Generator) -> tuple[_Anatomy,
     margin = r + 3.0
     cx_max = max(inner[0] - margin, 0.0)
     cy_lo, cy_hi = -(inner[1] - margin), min(0.0, spine[1] - 6.0 - margin)
-    center = np.array([
-        rng.uniform(-cx_max, cx_max),
-        rng.uniform(min(cy_lo, cy_hi), cy_hi),
-        rng.uniform(-0.1, 0.1) * fov[2],
-    ])
+    center = np.array(
+        [
+            rng.uniform(-cx_max, cx_max),
+            rng.uniform(min(cy_lo, cy_hi), cy_hi),
+            rng.uniform(-0.1, 0.1) * fov[2],
+        ]
+    )
     r_eq = float(np.prod(radii) ** (1 / 3))
 
     # Random fields: body-wide ones on a coarse grid with a margin for the misregistration,
@@ -506,9 +532,11 @@ def _grid_points(shape: np.ndarray, spacing: np.ndarray, origin: np.ndarray) -> 
     """Physical points of every voxel, in numpy (z, y, x) order of the flattened array."""
     zz, yy, xx = np.meshgrid(*(np.arange(n) for n in shape[::-1]), indexing="ij")
     return np.stack(
-        [origin[0] + xx.ravel() * spacing[0],
-         origin[1] + yy.ravel() * spacing[1],
-         origin[2] + zz.ravel() * spacing[2]],
+        [
+            origin[0] + xx.ravel() * spacing[0],
+            origin[1] + yy.ravel() * spacing[1],
+            origin[2] + zz.ravel() * spacing[2],
+        ],
         axis=1,
     )
 
@@ -572,8 +600,9 @@ def simulate_patient(cfg: SynthConfig, patient: Patient, root: str | Path) -> di
         img, mask = anatomy.evaluate(anat_pts, tp)
         if not mask.any():
             raise RuntimeError(f"{pid} {tp}: synthetic tumour is empty; raise tumor_radius_mm")
-        image = _to_image(_scanner(cfg, patient.center, img, shape, spacing, rng_noise),
-                          shape, spacing, origin)
+        image = _to_image(
+            _scanner(cfg, patient.center, img, shape, spacing, rng_noise), shape, spacing, origin
+        )
         mask_img = _to_image(mask.astype(np.uint8), shape, spacing, origin)
         io.write_image(image, root / image_relpath(pid, tp))
         io.write_image(mask_img, root / mask_relpath(pid, tp))
@@ -582,8 +611,10 @@ def simulate_patient(cfg: SynthConfig, patient: Patient, root: str | Path) -> di
 
     # Truth in baseline space: the follow-up tumour, and G as a displacement field.
     _, mask_fb = anatomy.evaluate(pts, "followup")
-    io.write_image(_to_image(mask_fb.astype(np.uint8), shape, spacing, origin),
-                   root / f"truth/masks/{pid}/followup_in_baseline.nii.gz")
+    io.write_image(
+        _to_image(mask_fb.astype(np.uint8), shape, spacing, origin),
+        root / f"truth/masks/{pid}/followup_in_baseline.nii.gz",
+    )
     io.write_image(motion.deformation_image(), root / transform_relpath(pid)[1])
     io.write_json(
         {
@@ -603,14 +634,22 @@ def simulate_patient(cfg: SynthConfig, patient: Patient, root: str | Path) -> di
 
     modality = cfg.contrast
     samples = [
-        {"patient_id": pid, "center": patient.center.name, "timepoint": tp,
-         "days": 0 if tp == "baseline" else days, "modality": modality,
-         "image": image_relpath(pid, tp), "mask": mask_relpath(pid, tp)}
+        {
+            "patient_id": pid,
+            "center": patient.center.name,
+            "timepoint": tp,
+            "days": 0 if tp == "baseline" else days,
+            "modality": modality,
+            "image": image_relpath(pid, tp),
+            "mask": mask_relpath(pid, tp),
+        }
         for tp in TIMEPOINTS
     ]
     clinical = {"patient_id": pid, **record["clinical"]}
     latent = {
-        "patient_id": pid, "center": patient.center.name, **record["latent"],
+        "patient_id": pid,
+        "center": patient.center.name,
+        **record["latent"],
         "tumor_volume_baseline_mm3": round(volumes["baseline"], 3),
         "tumor_volume_followup_mm3": round(volumes["followup"], 3),
     }

@@ -16,12 +16,35 @@ def _config_args():
 
 def test_simulate_then_validate(tmp_path, capsys):
     out = tmp_path / "cohort"
-    assert main(["simulate", *_config_args(), "--patients-per-center", "1", "--out", str(out),
-                 "--jobs", "2"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                *_config_args(),
+                "--patients-per-center",
+                "1",
+                "--out",
+                str(out),
+                "--jobs",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert "simulated 2 patients" in capsys.readouterr().out
     assert len(io.read_tsv(out / "samples.tsv")) == 4
-    code = main(["validate", *_config_args(), "--samples", str(out / "samples.tsv"),
-                 "--clinical", str(out / "clinical.tsv"), "--out-dir", str(tmp_path / "v")])
+    code = main(
+        [
+            "validate",
+            *_config_args(),
+            "--samples",
+            str(out / "samples.tsv"),
+            "--clinical",
+            str(out / "clinical.tsv"),
+            "--out-dir",
+            str(tmp_path / "v"),
+        ]
+    )
     assert code == 0
     assert (tmp_path / "v/samples.validated.tsv").is_file()
 
@@ -30,8 +53,16 @@ def test_validate_reports_problems_with_exit_1(tiny_cohort, capsys):
     samples = io.read_tsv(tiny_cohort / "samples.tsv")
     samples.loc[3, "image"] = "missing.nii.gz"
     io.write_table(samples, tiny_cohort / "samples.tsv")
-    code = main(["validate", *_config_args(), "--samples", str(tiny_cohort / "samples.tsv"),
-                 "--clinical", str(tiny_cohort / "clinical.tsv")])
+    code = main(
+        [
+            "validate",
+            *_config_args(),
+            "--samples",
+            str(tiny_cohort / "samples.tsv"),
+            "--clinical",
+            str(tiny_cohort / "clinical.tsv"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert "1 problem(s)" in err and "patient C1-002" in err and "column 'image'" in err
@@ -45,6 +76,10 @@ def test_bad_config_exit_2(tmp_path, capsys):
 
 
 def test_console_script_is_installed():
-    result = subprocess.run([sys.executable, "-m", "deltarad.cli", "--version"],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "deltarad.cli", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert result.stdout.startswith("deltarad ")

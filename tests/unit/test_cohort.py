@@ -195,8 +195,13 @@ def test_bad_clinical_values(tiny_cohort, column, value, needle):
     _, clinical = _sheets(tiny_cohort)
     clinical.loc[1, column] = value
     _write(tiny_cohort, clinical=clinical)
-    _one(_problems(tiny_cohort), "clinical.tsv line 3", "patient C1-002", f"column '{column}'",
-         needle)
+    _one(
+        _problems(tiny_cohort),
+        "clinical.tsv line 3",
+        "patient C1-002",
+        f"column '{column}'",
+        needle,
+    )
 
 
 def test_response_may_be_missing(tiny_cohort):

@@ -9,8 +9,9 @@ from deltarad.config import config_hash
 from tests.conftest import REPO
 
 
-def test_provenance_records_inputs_versions_and_commit(tiny_cohort, tiny_config, tmp_path,
-                                                       monkeypatch):
+def test_provenance_records_inputs_versions_and_commit(
+    tiny_cohort, tiny_config, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tiny_cohort)
     out = tmp_path / "provenance.json"
     provenance.write(tiny_config, "samples.tsv", ["clinical.tsv"], REPO, out)

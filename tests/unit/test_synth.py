@@ -22,9 +22,7 @@ from deltarad.synth import (
 
 
 def _hashes(root):
-    return {
-        str(p.relative_to(root)): io.sha256(p) for p in sorted(root.rglob("*")) if p.is_file()
-    }
+    return {str(p.relative_to(root)): io.sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_same_seed_gives_byte_identical_files(tiny_synth, tiny_cohort_ro, tmp_path):
@@ -52,7 +50,13 @@ def test_patient_does_not_depend_on_cohort_size(tiny_synth, tiny_cohort_ro, tmp_
 def test_sheets_list_every_file_with_centre_geometry(tiny_synth, tiny_cohort_ro):
     samples = io.read_tsv(tiny_cohort_ro / "samples.tsv")
     assert list(samples.columns) == [
-        "patient_id", "center", "timepoint", "days", "modality", "image", "mask"
+        "patient_id",
+        "center",
+        "timepoint",
+        "days",
+        "modality",
+        "image",
+        "mask",
     ]
     assert len(samples) == 12
     for row in samples.itertuples():
@@ -87,8 +91,11 @@ def test_true_transform_maps_followup_truth_onto_baseline_space(tiny_synth, tiny
         moving = io.read_image(truth / "followup.nii.gz")
         reference = io.read_image(truth / "followup_in_baseline.nii.gz")
         warped = sitk.Resample(
-            moving, reference, load_true_transform(tiny_cohort_ro, pid),
-            sitk.sitkNearestNeighbor, 0,
+            moving,
+            reference,
+            load_true_transform(tiny_cohort_ro, pid),
+            sitk.sitkNearestNeighbor,
+            0,
         )
         a = sitk.GetArrayFromImage(warped).astype(bool)
         b = sitk.GetArrayFromImage(reference).astype(bool)
@@ -123,8 +130,14 @@ def test_itk_transform_equals_generating_map(tiny_synth):
 
 
 def test_latents_drive_outcomes():
-    cfg = SynthConfig.from_config({"patients_per_center": 40, "shape": [16, 16, 16],
-                                   "spacing": [6.0, 6.0, 6.0], "centers": [{"name": "A"}]})
+    cfg = SynthConfig.from_config(
+        {
+            "patients_per_center": 40,
+            "shape": [16, 16, 16],
+            "spacing": [6.0, 6.0, 6.0],
+            "centers": [{"name": "A"}],
+        }
+    )
     from deltarad.synth import _draw_patient
 
     rows = []
@@ -134,8 +147,10 @@ def test_latents_drive_outcomes():
         rows.append({**rec["clinical"], **rec["latent"]})
     df = pd.DataFrame(rows)
     # Responders have a higher oracle probability and shrink more.
-    assert df.loc[df.response == 1, "response_probability"].mean() > \
-        df.loc[df.response == 0, "response_probability"].mean() + 0.2
+    assert (
+        df.loc[df.response == 1, "response_probability"].mean()
+        > df.loc[df.response == 0, "response_probability"].mean() + 0.2
+    )
     assert df.loc[df.response == 1, "shrinkage"].max() <= cfg.shrink_responder[1]
     assert df.loc[df.response == 0, "shrinkage"].min() >= cfg.shrink_non_responder[0]
     # Higher latent risk -> earlier events (Spearman correlation of risk and event time < 0).

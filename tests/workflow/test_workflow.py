@@ -20,8 +20,18 @@ SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 
 
 def snakemake(workdir: Path, *args: str, configs=CONFIGS) -> subprocess.CompletedProcess:
-    cmd = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--cores", "2", "--configfile", *map(str, configs), *args]
+    cmd = [
+        str(SNAKEMAKE),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+        "--configfile",
+        *map(str, configs),
+        *args,
+    ]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
@@ -38,7 +48,13 @@ def test_tiny_workflow_writes_the_contract_outputs(finished_run, tiny_cohort_ro)
     results = finished_run / "results"
     samples = io.read_tsv(results / "tables/samples.validated.tsv")
     assert list(samples.columns) == [
-        "patient_id", "center", "timepoint", "days", "modality", "image", "mask"
+        "patient_id",
+        "center",
+        "timepoint",
+        "days",
+        "modality",
+        "image",
+        "mask",
     ]
     assert len(samples) == 12 and samples["patient_id"].nunique() == 6
     assert samples["image"].str.startswith("results/cohort/images/").all()
@@ -66,11 +82,18 @@ def test_bad_user_sheets_stop_before_compute_listing_every_problem(tiny_cohort, 
     samples = pd.concat([samples, samples.iloc[[4]]], ignore_index=True)
     io.write_table(samples, tiny_cohort / "samples.tsv")
     user = tmp_path / "study.yaml"
-    user.write_text(yaml.safe_dump({
-        "cohort": {"source": "sheets", "samples": str(tiny_cohort / "samples.tsv"),
-                   "clinical": str(tiny_cohort / "clinical.tsv")},
-        "study": {"centers": ["C1", "C2"], "external_centers": ["C2"]},
-    }))
+    user.write_text(
+        yaml.safe_dump(
+            {
+                "cohort": {
+                    "source": "sheets",
+                    "samples": str(tiny_cohort / "samples.tsv"),
+                    "clinical": str(tiny_cohort / "clinical.tsv"),
+                },
+                "study": {"centers": ["C1", "C2"], "external_centers": ["C2"]},
+            }
+        )
+    )
     workdir = tmp_path / "run"
     workdir.mkdir()
     result = snakemake(workdir, configs=(CONFIGS[0], user))
