@@ -202,7 +202,8 @@ def _check_mask(
     if count == 0:
         problems.append(
             Problem(
-                f"mask has no voxel with the tumour label {s.mask_label} ({display_path(scan.mask)})",
+                f"mask has no voxel with the tumour label {s.mask_label} "
+                f"({display_path(scan.mask)})",
                 **where,
             )
         )
