@@ -157,3 +157,38 @@ def test_latents_drive_outcomes():
     assert df["latent_risk"].corr(df["event_time"], method="spearman") < -0.3
     assert ((df.time <= df.event_time + 0.006) & (df.time > 0)).all()
     assert (df.event == (df.event_time <= df.censor_time).astype(int)).all()
+
+
+def test_mr_contrast_and_centre_effects(tmp_path):
+    cfg = SynthConfig.from_config(
+        {
+            "contrast": "MR",
+            "patients_per_center": 1,
+            "shape": [24, 24, 16],
+            "spacing": [4.0, 4.0, 6.0],
+            "tumor_radius_mm": [14.0, 18.0],
+            "centers": [
+                {"name": "A", "noise": 5.0},
+                {
+                    "name": "B",
+                    "scale": 2.0,
+                    "offset": 100.0,
+                    "noise": 5.0,
+                    "spacing": [3.0, 3.0, 6.0],
+                },
+            ],
+        }
+    )
+    rows = {p.center.name: simulate_patient(cfg, p, tmp_path) for p in cfg.patients()}
+    assert {r["samples"][0]["modality"] for r in rows.values()} == {"MR"}
+    arrays = {}
+    for name, rec in rows.items():
+        image = io.read_image(tmp_path / rec["samples"][0]["image"])
+        assert image.GetPixelID() == sitk.sitkFloat32
+        arrays[name] = sitk.GetArrayFromImage(image)
+        assert arrays[name].min() >= 0
+    assert arrays["B"].shape == (16, 32, 32)  # same field of view at B's own spacing
+    # B's scanner doubles the intensities and adds 100: its median body signal is far higher.
+    assert np.median(arrays["B"][arrays["B"] > 150]) > 1.5 * np.median(
+        arrays["A"][arrays["A"] > 150]
+    )
