@@ -11,9 +11,10 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from deltarad import io
+from deltarad.cohort import SAMPLE_COLUMNS
+from deltarad.phantom import draw_misregistration, draw_patient
 from deltarad.synth import (
     SynthConfig,
-    _draw_misregistration,
     load_true_transform,
     patient_outputs,
     simulate_cohort,
@@ -49,15 +50,7 @@ def test_patient_does_not_depend_on_cohort_size(tiny_synth, tiny_cohort_ro, tmp_
 
 def test_sheets_list_every_file_with_centre_geometry(tiny_synth, tiny_cohort_ro):
     samples = io.read_tsv(tiny_cohort_ro / "samples.tsv")
-    assert list(samples.columns) == [
-        "patient_id",
-        "center",
-        "timepoint",
-        "days",
-        "modality",
-        "image",
-        "mask",
-    ]
+    assert list(samples.columns) == SAMPLE_COLUMNS
     assert len(samples) == 12
     for row in samples.itertuples():
         image = io.read_image(tiny_cohort_ro / row.image)
@@ -120,7 +113,7 @@ def test_identity_would_not_pass_the_truth_check(tiny_synth, tiny_cohort_ro):
 
 
 def test_itk_transform_equals_generating_map(tiny_synth):
-    motion = _draw_misregistration(tiny_synth, np.random.default_rng(3))
+    motion = draw_misregistration(tiny_synth, np.random.default_rng(3))
     pts = np.random.default_rng(4).uniform(-40, 40, (300, 3))
     itk = motion.to_sitk()
     mapped = np.array([itk.TransformPoint(tuple(p)) for p in pts])
@@ -138,12 +131,10 @@ def test_latents_drive_outcomes():
             "centers": [{"name": "A"}],
         }
     )
-    from deltarad.synth import _draw_patient
-
     rows = []
     for p in cfg.patients():
         rng = np.random.default_rng([cfg.seed, 0, p.patient_index])
-        _, rec = _draw_patient(cfg, rng)
+        _, rec = draw_patient(cfg, rng)
         rows.append({**rec["clinical"], **rec["latent"]})
     df = pd.DataFrame(rows)
     # Responders have a higher oracle probability and shrink more.

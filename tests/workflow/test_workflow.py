@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from deltarad import io
+from deltarad.cohort import SAMPLE_COLUMNS
 from tests.conftest import CONFIGS, REPO
 
 pytestmark = pytest.mark.workflow
@@ -47,15 +48,7 @@ def finished_run(tmp_path_factory) -> Path:
 def test_tiny_workflow_writes_the_contract_outputs(finished_run, tiny_cohort_ro):
     results = finished_run / "results"
     samples = io.read_tsv(results / "tables/samples.validated.tsv")
-    assert list(samples.columns) == [
-        "patient_id",
-        "center",
-        "timepoint",
-        "days",
-        "modality",
-        "image",
-        "mask",
-    ]
+    assert list(samples.columns) == SAMPLE_COLUMNS
     assert len(samples) == 12 and samples["patient_id"].nunique() == 6
     assert samples["image"].str.startswith("results/cohort/images/").all()
     # The workflow's per-patient generation equals the serial CLI generation, byte for byte.
