@@ -455,3 +455,29 @@ def validate_and_write(
     samples, clinical = validate_cohort(samples_path, clinical_path, settings)
     write_validated(samples, clinical, samples_out, clinical_out)
     print(f"valid: {samples['patient_id'].nunique()} patients, {len(samples)} scans")
+
+
+def planned_scans(config: dict[str, Any]) -> pd.DataFrame:
+    """(patient_id, timepoint) pairs the workflow will process, known before validation.
+
+    The synthetic cohort's come from its config; a user's from the raw samples sheet, read
+    leniently: rows whose ID or timepoint is malformed are left out here and reported by the
+    validation job, which every analysis job waits for.
+    """
+    columns = ["patient_id", "timepoint"]
+    if config["cohort"]["source"] == "synthetic":
+        from deltarad.synth import TIMEPOINTS, SynthConfig
+
+        cfg = SynthConfig.from_config(config["synthetic"])
+        rows = [(p.patient_id, tp) for p in cfg.patients() for tp in TIMEPOINTS]
+        return pd.DataFrame(rows, columns=columns)
+    try:
+        df = read_sheet(config["cohort"]["samples"], columns)
+    except CohortError:
+        return pd.DataFrame(columns=columns)
+    ok = pd.Series(True, index=df.index)
+    for column in columns:
+        ok &= df[column].fillna("").str.strip().str.fullmatch(r"[A-Za-z0-9_-]+")
+    df = df.loc[ok, columns].apply(lambda col: col.str.strip())
+    return df.drop_duplicates().sort_values(columns).reset_index(drop=True)
+

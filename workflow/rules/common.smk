@@ -5,8 +5,9 @@ import pandas as pd
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from deltarad.cohort import BASELINE, planned_scans
 from deltarad.config import check_config, schema_path
-from deltarad.synth import SynthConfig, patient_outputs
+from deltarad.synth import patient_outputs
 
 validate(config, schema=str(schema_path("config")))
 _problems = check_config(config)
@@ -17,11 +18,10 @@ RESULTS = Path(config["results"])
 LOGS = RESULTS / "logs"
 COHORT = RESULTS / "cohort"
 SYNTHETIC = config["cohort"]["source"] == "synthetic"
-SYNTH_PATIENTS = (
-    [p.patient_id for p in SynthConfig.from_config(config["synthetic"]).patients()]
-    if SYNTHETIC
-    else []
-)
+PLANNED = planned_scans(config)
+PATIENTS = sorted(PLANNED["patient_id"].unique())
+# (patient, timepoint) of every scan after the baseline: registered to it, compared with it.
+LATER = PLANNED[PLANNED["timepoint"] != BASELINE]
 REPO = Path(workflow.basedir)
 ENVS = REPO / "envs"
 
@@ -45,9 +45,27 @@ def synthetic_patient_outputs(pattern):
     return [COHORT / f for f in patient_outputs(pattern)]
 
 
-def validated_scan_files(wildcards):
-    """Every image and mask of the validated sheet (known once validation has run)."""
-    table = pd.read_csv(
+def validated_table():
+    """The validated samples table (available once the validation checkpoint has run)."""
+    return pd.read_csv(
         checkpoints.validate_cohort.get().output.samples, sep="\t", dtype=str
     )
+
+
+def validated_scan(wildcards):
+    """Image and mask of one scan (wildcards patient, timepoint) as validated."""
+    table = validated_table()
+    row = table[
+        (table["patient_id"] == wildcards.patient)
+        & (table["timepoint"] == wildcards.timepoint)
+    ].iloc[0]
+    scan = {"image": row["image"]}
+    if isinstance(row["mask"], str):
+        scan["mask"] = row["mask"]
+    return scan
+
+
+def validated_scan_files(wildcards):
+    """Every image and mask of the validated sheet (known once validation has run)."""
+    table = validated_table()
     return sorted(set(table["image"].dropna()) | set(table["mask"].dropna()))

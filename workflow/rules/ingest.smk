@@ -22,7 +22,7 @@ if SYNTHETIC:
 
     rule simulate_sheets:
         input:
-            expand(COHORT / "truth/patients/{patient}.json", patient=SYNTH_PATIENTS),
+            expand(COHORT / "truth/patients/{patient}.json", patient=PATIENTS),
         output:
             samples=COHORT / "samples.tsv",
             clinical=COHORT / "clinical.tsv",
