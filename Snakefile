@@ -12,6 +12,9 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/ingest.smk"
+include: "workflow/rules/preprocess.smk"
+include: "workflow/rules/register.smk"
+include: "workflow/rules/features.smk"
 
 
 rule all:
@@ -19,3 +22,7 @@ rule all:
     input:
         RESULTS / "tables/samples.validated.tsv",
         RESULTS / "provenance.json",
+        RESULTS / "preprocess/fingerprint.json",
+        RESULTS / "tables/registration_qc.tsv",
+        RESULTS / "tables/failures.tsv",
+        RESULTS / "features/features.parquet",

@@ -75,6 +75,55 @@ def cmd_validate(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_extract(ns: argparse.Namespace) -> int:
+    from deltarad.features import handcrafted as hc
+    from deltarad.features.regions import TUMOR, parse_rings, region_name
+    from deltarad.runlog import UserError
+
+    try:
+        rings = parse_rings(ns.rings)
+        names = [TUMOR] + [region_name(a, b) for a, b in rings]
+        extractor = hc.make_extractor(hc.resolve_params(ns.params))
+        minimum = {TUMOR: ns.min_tumor_voxels} | {n: ns.min_ring_voxels for n in names[1:]}
+        feats, errors = hc.extract_scan(
+            ns.image, ns.mask, extractor, rings, ns.body_threshold, minimum, ns.label, ns.image
+        )
+    except UserError as err:
+        print(f"deltarad extract: {err}", file=sys.stderr)
+        return 1
+    hc.write_scan_table(hc.scan_table(feats, errors, names), ns.out)
+    for error in errors.values():
+        print(f"deltarad extract: {error}", file=sys.stderr)
+    print(
+        f"{len(feats)} of {len(names)} regions, {sum(map(len, feats.values()))} values -> {ns.out}"
+    )
+    return 0
+
+
+def cmd_register(ns: argparse.Namespace) -> int:
+    from deltarad.register import RegistrationSettings, gate, register_scan
+
+    config = _load_config(ns.config)
+    settings = RegistrationSettings.from_config(config["registration"])
+    out = Path(ns.out)
+    record = register_scan(
+        "-", "moving", ns.modality, ns.fixed, ns.moving, ns.moving_mask, settings,
+        str(out / "registered.nii.gz"), str(out / "registered_mask.nii.gz"),
+        str(out / "transform.tfm"), str(out / "qc.json"), fixed_mask_path=ns.fixed_mask,
+        out_figure=str(out / "qc.png"), threads=ns.threads,
+    )
+    if not ns.moving_mask:
+        (out / "registered_mask.nii.gz").unlink()
+    reasons = gate(record, settings)
+    status = "FAILED: " + "; ".join(reasons) if reasons else "passed"
+    print(
+        f"registered in {record['seconds']:.1f} s; Mattes MI {record['metric_before']:.3f} -> "
+        f"{record['metric_after']:.3f}; Jacobian {record['jacobian_min']:.2f}.."
+        f"{record['jacobian_max']:.2f}; QC gate {status}; outputs in {out}"
+    )
+    return 3 if reasons else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deltarad", description="Longitudinal radiomics: each stage of the workflow."
@@ -95,6 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="patients generated in parallel")
     p.set_defaults(func=cmd_simulate)
 
+    p = sub.add_parser("register", help="register one moving scan onto a fixed scan, with QC")
+    p.add_argument("--fixed", required=True, help="fixed image (e.g. the baseline)")
+    p.add_argument("--moving", required=True, help="moving image (e.g. a follow-up)")
+    p.add_argument("--moving-mask", help="mask on the moving image, propagated to fixed space")
+    p.add_argument("--fixed-mask", help="tumour mask on the fixed image (centres the QC picture)")
+    p.add_argument("--modality", default="CT", choices=["CT", "MR", "PET"],
+                   help="modality (body mask for the QC measures)")
+    p.add_argument("--config", action="append", metavar="YAML",
+                   help="config file(s) with a registration block (default: built-in)")
+    p.add_argument("--threads", type=int, default=2, help="ITK threads")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_register)
+
     p = sub.add_parser("validate", help="check sample sheets, images and masks; list all problems")
     p.add_argument("--samples", required=True, help="samples TSV")
     p.add_argument("--clinical", required=True, help="clinical TSV")
@@ -106,6 +168,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out-dir", help="write samples.validated.tsv and clinical.validated.tsv here")
     p.set_defaults(func=cmd_validate)
+
+    from deltarad.dicom.command import add_ingest_parsers  # ingest-dicom, ingest-nnunet
+
+    add_ingest_parsers(sub)
+
+    p = sub.add_parser("extract", help="pyradiomics features of one scan's tumour and rings")
+    p.add_argument("--image", required=True, help="image file")
+    p.add_argument("--mask", required=True, help="tumour mask on the image grid")
+    p.add_argument("--params", default="config/radiomics/ct.yaml", help="pyradiomics YAML")
+    p.add_argument("--rings", default="0-3,3-6,6-10", help="rings in mm, e.g. 0-3,3-6 ('' = none)")
+    p.add_argument("--body-threshold", type=float, help="clip rings to voxels above this value")
+    p.add_argument("--label", type=int, default=1, help="tumour label in the mask")
+    p.add_argument("--min-tumor-voxels", type=int, default=10, help="smaller tumour: NA row")
+    p.add_argument("--min-ring-voxels", type=int, default=10, help="smaller ring: NA row")
+    p.add_argument("--out", required=True, help="CSV (one row per region) or .tsv")
+    p.set_defaults(func=cmd_extract)
     return parser
 
 

@@ -89,6 +89,13 @@ def check_config(config: dict[str, Any]) -> list[str]:
         for key in ("samples", "clinical"):
             if not config["cohort"][key]:
                 problems.append(f"config key 'cohort.{key}': required when cohort.source is sheets")
+    for stage in ("rigid", "affine", "bspline"):
+        block = config["registration"][stage]
+        if len(block["shrink"]) != len(block["smoothing_mm"]):
+            problems.append(
+                f"config key 'registration.{stage}': shrink and smoothing_mm need one value "
+                "per pyramid level each"
+            )
     names = [c["name"] for c in config["synthetic"]["centers"]]
     if len(set(names)) != len(names):
         problems.append("config key 'synthetic.centers': centre names must be unique")

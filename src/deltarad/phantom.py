@@ -29,6 +29,7 @@ TISSUES = {
         "soft": 40.0,
         "organ": 60.0,
         "bone": 600.0,
+        "vessel": 170.0,
         "tumor": 75.0,
         "texture_gain": 1.0,
         "unit_gain": 1.0,
@@ -39,6 +40,7 @@ TISSUES = {
         "soft": 300.0,
         "organ": 250.0,
         "bone": 80.0,
+        "vessel": 650.0,
         "tumor": 460.0,
         "texture_gain": 3.0,
         "unit_gain": 3.0,
@@ -122,6 +124,7 @@ class Anatomy:
     organ_center: np.ndarray
     organ_axes: np.ndarray
     spine_center: np.ndarray  # (x, y)
+    vessels: np.ndarray  # rows (x0, y0, amplitude_x, amplitude_y, period, phase, radius), mm
     tumor_center: np.ndarray
     tumor_axes_inv: np.ndarray  # 3x3: maps (x - c) to the unit ball
     tumor_radius: float  # mean radius, mm
@@ -157,7 +160,12 @@ class Anatomy:
         img = np.full(len(pts), t["air"])
         img[outer <= 1] = t["fat"]
         soft = inner <= 1
-        img[soft] = t["soft"] + 8.0 * gain * self.tissue_field(pts[soft])
+        img[soft] = t["soft"] + 14.0 * gain * self.tissue_field(pts[soft])
+        # Meandering vessels along z: the landmarks a deformable registration locks onto.
+        for x0, y0, ax, ay, period, phase, radius in self.vessels:
+            angle = 2.0 * np.pi * pts[:, 2] / period + phase
+            r = np.hypot(x - x0 - ax * np.sin(angle), y - y0 - ay * np.cos(angle))
+            img[(r <= radius) & soft] = t["vessel"]
         organ = np.sum(((pts - self.organ_center) / self.organ_axes) ** 2, axis=1) <= 1
         img[organ & soft] += t["organ"] - t["soft"]
         spine_r = np.hypot(x - self.spine_center[0], y - self.spine_center[1])
@@ -191,6 +199,22 @@ class Anatomy:
         core = np.clip(1.0 - radial / 0.5, 0.0, 1.0) * 30.0 * max(self.z_tumor, 0.0) * gain
         img[mask] = base + amp * tex - core
         return img, mask
+
+
+def _draw_vessels(rng: np.random.Generator, inner: np.ndarray, fov: np.ndarray) -> np.ndarray:
+    """Eight vessels of 1.5-3 mm radius meandering along z inside the soft tissue."""
+    n = 8
+    angle = rng.uniform(0, 2 * np.pi, n)
+    frac = np.sqrt(rng.uniform(0.05, 0.6, n))
+    return np.column_stack([
+        frac * inner[0] * np.cos(angle),
+        frac * inner[1] * np.sin(angle),
+        rng.uniform(2.0, 8.0, n),
+        rng.uniform(2.0, 8.0, n),
+        rng.uniform(0.6, 1.5, n) * fov[2],
+        rng.uniform(0, 2 * np.pi, n),
+        rng.uniform(1.5, 3.0, n),
+    ])
 
 
 def draw_patient(cfg: SynthConfig, rng: np.random.Generator) -> tuple[Anatomy, dict]:
@@ -257,11 +281,12 @@ def draw_patient(cfg: SynthConfig, rng: np.random.Generator) -> tuple[Anatomy, d
         z_peri=float(z_p),
         responder=responder,
         shrinkage=shrinkage,
-        tissue_field=RandomField.make(rng, lo_b, hi_b, 2.0, 6.0),
+        tissue_field=RandomField.make(rng, lo_b, hi_b, 2.0, 4.0),
         shape_field=RandomField.make(rng, lo_t, hi_t, 1.0, 4.0),
         texture_field=RandomField.make(rng, lo_t, hi_t, 0.5, grain),
         texture_field_followup=RandomField.make(rng, lo_t, hi_t, 0.5, grain),
         strand_field=RandomField.make(rng, lo_t, hi_t, 0.5, 1.0),
+        vessels=_draw_vessels(rng, inner, fov),
     )
     clinical = {
         "response": int(responder),

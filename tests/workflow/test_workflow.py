@@ -60,6 +60,54 @@ def test_tiny_workflow_writes_the_contract_outputs(finished_run, tiny_cohort_ro)
     assert (results / "logs/validate_cohort.log").read_text().startswith("valid: 6 patients")
 
 
+def test_registration_outputs_and_qc(finished_run):
+    results = finished_run / "results"
+    qc = io.read_tsv(results / "tables/registration_qc.tsv")
+    assert list(qc.columns[:6]) == [
+        "patient_id",
+        "timepoint",
+        "method",
+        "tre_mm",
+        "mask_dice",
+        "seconds",
+    ]
+    assert len(qc) == 6 and set(qc["timepoint"]) == {"followup"}
+    tre = qc["tre_mm"].astype(float)
+    assert tre.median() < 3.0  # 1 voxel of the tiny cohort's 3 mm grid
+    assert (qc["mask_dice"].astype(float) > 0).all()
+    for pid in qc["patient_id"]:
+        base = io.read_image(results / f"preprocessed/{pid}/baseline.nii.gz")
+        for name in ("followup.nii.gz", "followup_mask.nii.gz"):
+            reg = io.read_image(results / f"registered/{pid}/{name}")
+            assert io.Geometry.of(reg).mismatches(io.Geometry.of(base)) == []
+        assert (results / f"figures/qc/registration/{pid}_followup.png").is_file()
+
+
+def test_gate_drops_patients_and_the_rest_finish(finished_run, tmp_path):
+    """Tightening the gate re-runs only the QC aggregation, drops the patients beyond it."""
+    qc = io.read_tsv(finished_run / "results/tables/registration_qc.tsv")
+    disp = qc["max_displacement_mm"].astype(float).sort_values()
+    threshold = float((disp.iloc[2] + disp.iloc[3]) / 2)  # half the patients beyond it
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(
+        yaml.safe_dump({"registration": {"gate": {"max_displacement_mm": threshold}}})
+    )
+    configs = (*CONFIGS, strict)
+    plan = snakemake(finished_run, "-n", configs=configs)
+    assert plan.returncode == 0
+    assert "register " not in plan.stdout and "registration_qc" in plan.stdout
+    result = snakemake(finished_run, configs=configs)
+    assert result.returncode == 0, result.stderr[-3000:]
+    failures = io.read_tsv(finished_run / "results/tables/failures.tsv")
+    expected = sorted(qc.loc[qc["max_displacement_mm"].astype(float) > threshold, "patient_id"])
+    assert sorted(failures["patient_id"]) == expected and len(expected) == 3
+    assert failures["error"].str.contains("exceeds registration.gate.max_displacement_mm").all()
+    table = io.read_tsv(finished_run / "results/tables/registration_qc.tsv")
+    assert sorted(table.loc[table["passed"] == "False", "patient_id"]) == expected
+    # Back to the default gate for the tests that follow.
+    assert snakemake(finished_run).returncode == 0
+
+
 def test_rerun_has_nothing_to_do(finished_run):
     result = snakemake(finished_run, "-n")
     assert result.returncode == 0

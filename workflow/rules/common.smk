@@ -69,3 +69,72 @@ def validated_scan_files(wildcards):
     """Every image and mask of the validated sheet (known once validation has run)."""
     table = validated_table()
     return sorted(set(table["image"].dropna()) | set(table["mask"].dropna()))
+
+
+def feature_timepoints(wildcards):
+    """A patient's timepoints, baseline first (as planned at parse time)."""
+    tps = PLANNED.loc[PLANNED["patient_id"] == wildcards.patient, "timepoint"].tolist()
+    return [BASELINE] + [tp for tp in tps if tp != BASELINE]
+
+
+def feature_scans(wildcards):
+    """Image and mask per timepoint for features, all on the preprocessed baseline grid:
+    the preprocessed baseline, later scans as registered onto it."""
+    files = {}
+    for tp in feature_timepoints(wildcards):
+        if tp == BASELINE:
+            folder = RESULTS / "preprocessed" / wildcards.patient
+            files[f"{tp}_image"] = folder / f"{tp}.nii.gz"
+            files[f"{tp}_mask"] = folder / f"{tp}_mask.nii.gz"
+        else:
+            folder = RESULTS / "registered" / wildcards.patient
+            files[f"{tp}_image"] = folder / f"{tp}.nii.gz"
+            files[f"{tp}_mask"] = folder / f"{tp}_mask.nii.gz"
+    return files
+
+
+# A timepoint other than the baseline (registration targets).
+LATER_TIMEPOINT = rf"(?!{BASELINE}$)[A-Za-z0-9_-]+"
+# Failure tables of the QC gates, merged into tables/failures.tsv.
+FAILURE_TABLES = [
+    RESULTS / "qc/failures_registration.tsv",
+    RESULTS / "qc/failures_features.tsv",
+]
+
+
+def scan_modality(wildcards):
+    """Modality of one validated scan (selects per-modality preprocessing)."""
+    table = validated_table()
+    rows = table[
+        (table["patient_id"] == wildcards.patient)
+        & (table["timepoint"] == wildcards.timepoint)
+    ]
+    return rows["modality"].iloc[0]
+
+
+def preprocess_inputs(wildcards):
+    """The validated image and mask of a scan, plus the fingerprint when spacing is auto."""
+    scan = validated_scan(wildcards)
+    if "mask" not in scan:
+        raise WorkflowError(
+            f"patient {wildcards.patient}, {wildcards.timepoint}: no mask in the samples "
+            "sheet; masks are required until predicted masks are available"
+        )
+    if config["preprocess"]["spacing"] == "auto":
+        scan["fingerprint"] = RESULTS / "preprocess/fingerprint.json"
+    return scan
+
+
+def registration_inputs(wildcards):
+    """The later scan's own (validated) mask, and on the synthetic cohort the truth to score."""
+    files = {"moving_mask": validated_scan(wildcards)["mask"]}
+    if SYNTHETIC:
+        truth = COHORT / "truth"
+        files["truth_mask"] = (
+            truth
+            / f"masks/{wildcards.patient}/{wildcards.timepoint}_in_baseline.nii.gz"
+        )
+        files["truth_transform"] = (
+            truth / f"transforms/{wildcards.patient}/followup.json"
+        )
+    return files

@@ -1,0 +1,1 @@
+"""Features: regions (tumour + peritumoral rings), handcrafted (pyradiomics) and deltas."""

@@ -1,0 +1,195 @@
+"""The feature table: one partial file per patient, merged into features/features.parquet.
+
+Columns are ``{timepoint}__{region}__{source}__{feature}`` (docs/output.md). A region that cannot
+be measured (empty ring, tumour below the minimum voxel count, refused by pyradiomics' checks)
+gets NA features, ``{timepoint}__{region}__qc__failed = True`` and one failure row
+``patient_id, stage, error`` — the patient stays in the table.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from deltarad import io
+from deltarad.features.delta import SEP, add_deltas
+from deltarad.features.handcrafted import SOURCE, extract_scan, make_extractor
+from deltarad.features.regions import TUMOR, parse_rings, region_name
+
+STAGE = "features"
+FAILURE_COLUMNS = ["patient_id", "stage", "error"]
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """The ``features:`` block of the config (schema: config.schema.yaml)."""
+
+    params: str
+    rings_mm: tuple[tuple[float, float], ...] = ((0, 3), (3, 6), (6, 10))
+    body_threshold: Mapping[str, float | None] | None = None
+    min_tumor_voxels: int = 10
+    min_ring_voxels: int = 10
+    rel_floor: float = 0.01
+    abs_floor: float = 1e-9
+    label: int = 1
+
+    @classmethod
+    def from_config(
+        cls, block: Mapping[str, Any], params: str | Path | None = None
+    ) -> FeatureSettings:
+        return cls(
+            params=str(params or block["params"]),
+            rings_mm=tuple(parse_rings(block.get("rings_mm", [[0, 3], [3, 6], [6, 10]]))),
+            body_threshold=dict(block.get("body_threshold") or {}),
+            min_tumor_voxels=int(block.get("min_tumor_voxels", 10)),
+            min_ring_voxels=int(block.get("min_ring_voxels", 10)),
+            rel_floor=float(block.get("reldelta", {}).get("rel_floor", 0.01)),
+            abs_floor=float(block.get("reldelta", {}).get("abs_floor", 1e-9)),
+        )
+
+    @property
+    def regions(self) -> list[str]:
+        return [TUMOR] + [region_name(a, b) for a, b in self.rings_mm]
+
+    def min_voxels(self) -> dict[str, int]:
+        return {
+            n: (self.min_tumor_voxels if n == TUMOR else self.min_ring_voxels) for n in self.regions
+        }
+
+    def threshold(self, modality: str | None) -> float | None:
+        return (self.body_threshold or {}).get(modality or "", None)
+
+
+def patient_features(
+    patient_id: str,
+    scans: Mapping[str, tuple[str | Path, str | Path]],
+    settings: FeatureSettings,
+    modality: str | None = None,
+    extractor: Any = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One patient's row (every timepoint and region) and its failure rows."""
+    extractor = extractor or make_extractor(settings.params)
+    row: dict[str, Any] = {"patient_id": patient_id}
+    flags: dict[str, bool] = {}
+    failures = []
+    for timepoint, (image, mask) in scans.items():
+        feats, errors = extract_scan(
+            image,
+            mask,
+            extractor,
+            list(settings.rings_mm),
+            settings.threshold(modality),
+            settings.min_voxels(),
+            settings.label,
+            what=f"patient {patient_id}, {timepoint}",
+        )
+        for region in settings.regions:
+            for name, value in feats.get(region, {}).items():
+                row[SEP.join([timepoint, region, SOURCE, name])] = value
+            flags[SEP.join([timepoint, region, "qc", "failed"])] = region in errors
+            if region in errors:
+                failures.append((patient_id, STAGE, f"{timepoint}: {errors[region]}"))
+                log.warning("%s %s: %s", patient_id, timepoint, errors[region])
+    return pd.DataFrame([{**row, **flags}]), pd.DataFrame(failures, columns=FAILURE_COLUMNS)
+
+
+def write_patient(
+    patient_id: str,
+    scans: Mapping[str, tuple[str | Path, str | Path]],
+    settings: FeatureSettings,
+    out_table: str | Path,
+    out_failures: str | Path,
+    modality: str | None = None,
+) -> None:
+    """Per-patient partial files (so touching one patient recomputes one patient)."""
+    start = time.perf_counter()
+    row, failures = patient_features(patient_id, scans, settings, modality)
+    io.write_table(row, out_table)
+    io.write_table(failures, out_failures)
+    log.info(
+        "%s: %d timepoints x %d regions, %d values, %d failed regions, %.1f s",
+        patient_id,
+        len(scans),
+        len(settings.regions),
+        row.shape[1] - 1,
+        len(failures),
+        time.perf_counter() - start,
+    )
+
+
+def patient_modality(samples: str | Path, patient_id: str) -> str | None:
+    """Modality of a patient's baseline in the validated sheet (chooses the body threshold)."""
+    table = io.read_tsv(samples)
+    rows = table[table["patient_id"] == patient_id]
+    return None if rows.empty else str(rows["modality"].iloc[0])
+
+
+def _order(columns: Sequence[str], timepoints: Sequence[str]) -> list[str]:
+    rank = {tp: i for i, tp in enumerate(timepoints)}
+
+    def key(col: str) -> tuple:
+        parts = col.split(SEP)
+        qc = len(parts) > 2 and parts[2] == "qc"
+        return (qc, rank.get(parts[0], len(rank)), parts[0])
+
+    return sorted((c for c in columns if c != "patient_id"), key=key)
+
+
+def merge_features(
+    partials: Iterable[str | Path],
+    failure_partials: Iterable[str | Path],
+    out_table: str | Path,
+    out_failures: str | Path,
+    excluded: str | Path | None = None,
+    rel_floor: float = 0.01,
+    abs_floor: float = 1e-9,
+) -> pd.DataFrame:
+    """features.parquet (one row per patient, deltas added) and the stage's failure table.
+
+    Patients listed in ``excluded`` (a failures table of an earlier stage, e.g. registration)
+    are left out of both.
+    """
+    drop: set[str] = set()
+    if excluded is not None and Path(excluded).stat().st_size > 0:
+        drop = set(io.read_tsv(excluded).get("patient_id", pd.Series(dtype=str)).dropna())
+    rows = [pd.read_parquet(p) for p in partials]
+    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["patient_id"])
+    table = table[~table["patient_id"].isin(drop)]
+    timepoints = []
+    for col in table.columns:
+        tp = col.split(SEP)[0]
+        if col != "patient_id" and tp not in timepoints:
+            timepoints.append(tp)
+    if "baseline" in timepoints:
+        timepoints.remove("baseline")
+        timepoints.insert(0, "baseline")
+    table = table[["patient_id", *_order(table.columns, timepoints)]]
+    flags = [c for c in table.columns if c.endswith(f"{SEP}qc{SEP}failed")]
+    table[flags] = table[flags].fillna(True).astype(bool)  # a missing timepoint failed
+    table = add_deltas(table, rel_floor=rel_floor, abs_floor=abs_floor)
+    qc = [c for c in table.columns if SEP + "qc" + SEP in c]
+    table = table[[c for c in table.columns if c not in qc] + qc]
+    table = table.sort_values("patient_id").reset_index(drop=True)
+    fails = [io.read_tsv(p) for p in failure_partials]
+    fails = [f for f in fails if len(f)]
+    failures = (
+        pd.concat(fails, ignore_index=True) if fails else pd.DataFrame(columns=FAILURE_COLUMNS)
+    )
+    failures = failures[~failures["patient_id"].isin(drop)][FAILURE_COLUMNS]
+    io.write_table(table, out_table)
+    io.write_table(failures, out_failures)
+    log.info(
+        "%d patients (%d excluded by an earlier stage), %d columns, %d failed regions",
+        len(table),
+        len(drop),
+        table.shape[1],
+        len(failures),
+    )
+    return table

@@ -1,0 +1,215 @@
+"""profiles/slurm against a real SLURM (the single-node cluster of tests/cluster/slurm_up.sh).
+
+Skipped unless DELTARAD_SLURM=1, which tests/cluster/run.sh sets once the cluster is up. Every
+Snakemake call has a hard time limit: the SLURM plugin waits forever when job states cannot be
+read, and a hang must fail the test, not the CI job.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from deltarad import io
+from tests.conftest import CONFIGS, REPO
+
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.skipif(
+        os.environ.get("DELTARAD_SLURM") != "1",
+        reason="needs a running SLURM: tests/cluster/run.sh starts one, sets DELTARAD_SLURM=1",
+    ),
+]
+
+HERE = Path(__file__).resolve().parent
+PROFILE = REPO / "profiles/slurm"
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+# Test-only settings on top of the profile: status checks 2 s after submission instead of the
+# plugin's 40 s, keep the plugin's per-job logs, and group jobs no wider than the 2-CPU node.
+FAST = ("--slurm-init-seconds-before-status-checks", "2", "--slurm-keep-successful-logs")
+NODE = ("--cores", "2")
+SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
+VALIDATED = "results/tables/samples.validated.tsv"
+
+
+def snakemake(workdir: Path, *args: str, env: dict | None = None, timeout: int = 300):
+    """Run Snakemake in workdir; returns (completed process, seconds taken)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    cmd = [str(SNAKEMAKE), "--directory", str(workdir), *args]
+    full_env = {**os.environ, "PYTHONHASHSEED": "0", **(env or {})}
+    start = time.monotonic()
+    # subprocess.run kills (SIGKILL) at the timeout; Snakemake may ignore SIGTERM while it waits.
+    result = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout)
+    return result, time.monotonic() - start
+
+
+def submitted_jobs(output: str) -> dict[str, Path]:
+    """SLURM job ID -> the plugin's log file, from the plugin's submission messages."""
+    return {jobid: Path(log) for jobid, log in SUBMITTED.findall(output)}
+
+
+def sacct(jobids, wait_s: float = 30.0) -> dict[str, dict[str, str]]:
+    """Accounting records of the given jobs (allocations only), once all are in a final state.
+
+    slurmdbd records asynchronously, so poll briefly.
+    """
+    fields = ["JobID", "JobName", "State", "ReqTRES", "Partition", "Account", "Comment"]
+    deadline = time.monotonic() + wait_s
+    while True:
+        out = subprocess.run(
+            ["sacct", "-n", "-P", "-X", "-j", ",".join(jobids), "-o", ",".join(fields)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        rows = {}
+        for line in out.splitlines():
+            row = dict(zip(fields, line.split("|"), strict=True))
+            rows[row["JobID"]] = row
+        final = all(
+            rows.get(j, {}).get("State", "").split(" ")[0] in ("COMPLETED", "FAILED")
+            and rows[j]["ReqTRES"]
+            for j in jobids
+        )
+        if final or time.monotonic() > deadline:
+            return rows
+        time.sleep(1)
+
+
+def tres(row: dict[str, str]) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in row["ReqTRES"].split(",") if item)
+
+
+def tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): io.sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# ---- (a) the tiny cohort through the profile equals a local run ---------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    configs = ("--configfile", *map(str, CONFIGS))
+    base = ("--snakefile", str(REPO / "Snakefile"), *configs, VALIDATED)
+    slurm_dir, local_dir = tmp_path_factory.mktemp("slurm"), tmp_path_factory.mktemp("local")
+    slurm, slurm_s = snakemake(slurm_dir, "--profile", str(PROFILE), *NODE, *FAST, *base)
+    assert slurm.returncode == 0, slurm.stderr[-4000:]
+    local, _ = snakemake(local_dir, "--cores", "2", *base)
+    assert local.returncode == 0, local.stderr[-4000:]
+    print(f"tiny cohort through SLURM: {slurm_s:.0f} s")
+    return slurm, slurm_dir, local_dir
+
+
+def test_tiny_cohort_jobs_ran_as_slurm_jobs(tiny_runs):
+    slurm, workdir, _ = tiny_runs
+    output = slurm.stdout + slurm.stderr
+    jobs = submitted_jobs(output)
+    run_id = re.search(r"SLURM run ID: (\S+)", output).group(1)
+    # 6 patients' simulate_patient jobs as one group job, then simulate_sheets, validate_cohort.
+    assert len(jobs) == 3, output[-3000:]
+    records = sacct(jobs)
+    assert set(records) == set(jobs)
+    for jobid, row in records.items():
+        assert row["State"] == "COMPLETED", row
+        assert row["JobName"] == run_id, row
+        assert jobs[jobid].is_file() and jobs[jobid].is_relative_to(workdir / ".snakemake")
+    comments = sorted(row["Comment"] for row in records.values())
+    assert comments == [
+        "rule_patients_simulate_patient",
+        "rule_simulate_sheets",
+        "rule_validate_cohort",
+    ], comments
+
+
+def test_tiny_cohort_outputs_equal_a_local_run(tiny_runs):
+    _, slurm_dir, local_dir = tiny_runs
+    cohort = tree(slurm_dir / "results/cohort")
+    assert len(cohort) > 60  # 6 patients x 2 timepoints: images, masks, truth, sheets
+    assert cohort == tree(local_dir / "results/cohort")
+    assert io.sha256(slurm_dir / VALIDATED) == io.sha256(local_dir / VALIDATED)
+
+
+# ---- (b) a failing job is reported as failed, in bounded time -----------------------------
+
+
+def test_failing_job_is_reported_failed_after_the_retries(tmp_path):
+    result, seconds = snakemake(
+        tmp_path,
+        "--snakefile",
+        str(HERE / "Snakefile"),
+        "--profile",
+        str(PROFILE),
+        *NODE,
+        *FAST,
+        "fails.txt",
+        timeout=240,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Error in rule fails" in output
+    jobs = submitted_jobs(output)
+    records = sacct(jobs)
+    # The profile's `retries: 2`: three SLURM jobs, each failed.
+    assert len(records) == 3, output[-3000:]
+    assert {row["State"] for row in records.values()} == {"FAILED"}
+    assert {row["Comment"] for row in records.values()} == {"rule_fails"}
+    assert seconds < 150, f"failure took {seconds:.0f} s to be reported"
+
+
+# ---- (c) GPU request, partition/account from the environment, retry with more memory ------
+
+
+@pytest.fixture(scope="module")
+def gpu_and_memory_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("gpu")
+    result, _ = snakemake(
+        workdir,
+        "--snakefile",
+        str(HERE / "Snakefile"),
+        "--profile",
+        str(PROFILE),
+        *NODE,
+        *FAST,
+        "gpu.txt",
+        "more_memory.txt",
+        env={"DELTARAD_SLURM_PARTITION": "gpu", "DELTARAD_SLURM_ACCOUNT": "imaging"},
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    records = sacct(submitted_jobs(result.stdout + result.stderr))
+    by_rule: dict[str, list[dict]] = {}
+    for jobid in sorted(records, key=int):
+        by_rule.setdefault(records[jobid]["Comment"], []).append(records[jobid])
+    return workdir, by_rule
+
+
+def test_gpu_resource_reaches_slurm_as_a_gpu_request(gpu_and_memory_run):
+    workdir, by_rule = gpu_and_memory_run
+    (job,) = by_rule["rule_gpu"]
+    assert tres(job).get("gres/gpu") == "1", job
+    # The job step was given the (fake) GPU SLURM allocated.
+    assert "CUDA_VISIBLE_DEVICES=0" in (workdir / "gpu.txt").read_text().splitlines()
+    # Jobs without `gpu` ask for none.
+    assert all("gres/gpu" not in tres(row) for row in by_rule["rule_more_memory"])
+
+
+def test_partition_and_account_come_from_the_environment(gpu_and_memory_run):
+    _, by_rule = gpu_and_memory_run
+    rows = [row for jobs in by_rule.values() for row in jobs]
+    assert {(row["Partition"], row["Account"]) for row in rows} == {("gpu", "imaging")}
+
+
+def test_retry_asks_slurm_for_more_memory(gpu_and_memory_run):
+    workdir, by_rule = gpu_and_memory_run
+    attempts = by_rule["rule_more_memory"]
+    assert [(row["State"], tres(row)["mem"]) for row in attempts] == [
+        ("FAILED", "2000M"),
+        ("COMPLETED", "4000M"),
+    ]
+    assert (workdir / "more_memory.txt").read_text().strip() == "4000"

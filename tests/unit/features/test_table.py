@@ -1,0 +1,132 @@
+"""Per-patient partial files, the merged table, deltas and soft failures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from deltarad import io
+from deltarad.features import delta
+from deltarad.features.table import FeatureSettings, merge_features, write_patient
+
+PARAMS = {
+    "setting": {"binWidth": 25, "label": 1},
+    "imageType": {"Original": {}},
+    "featureClass": {"firstorder": ["Mean", "Skewness"], "shape": ["VoxelVolume"]},
+}
+
+
+@pytest.fixture()
+def settings(tmp_path):
+    import yaml
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(PARAMS))
+    block = {
+        "rings_mm": [[0, 3], [3, 6]],
+        "body_threshold": {"CT": -500},
+        "min_tumor_voxels": 10,
+        "min_ring_voxels": 10,
+    }
+    return FeatureSettings.from_config(block, params=path)
+
+
+def _scans(root, pid):
+    return {
+        tp: (root / f"images/{pid}/{tp}.nii.gz", root / f"masks/{pid}/{tp}.nii.gz")
+        for tp in ("baseline", "followup")
+    }
+
+
+def test_partials_merge_into_one_row_per_patient_with_deltas(tiny_cohort_ro, settings, tmp_path):
+    pids = ["C1-001", "C1-002", "C2-001"]
+    for pid in pids:
+        write_patient(
+            pid,
+            _scans(tiny_cohort_ro, pid),
+            settings,
+            tmp_path / f"{pid}.parquet",
+            tmp_path / f"{pid}.tsv",
+            modality="CT",
+        )
+    excluded = tmp_path / "failures_registration.tsv"
+    io.write_table(
+        pd.DataFrame({"patient_id": ["C2-001"], "stage": ["register"], "error": ["diverged"]}),
+        excluded,
+    )
+    table = merge_features(
+        [tmp_path / f"{p}.parquet" for p in pids],
+        [tmp_path / f"{p}.tsv" for p in pids],
+        tmp_path / "features.parquet",
+        tmp_path / "failures.tsv",
+        excluded,
+    )
+    back = pd.read_parquet(tmp_path / "features.parquet")
+    assert list(back["patient_id"]) == ["C1-001", "C1-002"]
+    assert back.columns[0] == "patient_id"
+    col = "baseline__tumor__pyrad__original_firstorder_Mean"
+    fcol = col.replace("baseline", "followup", 1)
+    assert {col, fcol, "baseline__ring0to3mm__pyrad__original_shape_VoxelVolume"} <= set(back)
+    np.testing.assert_allclose(back[col.replace("baseline", "delta", 1)], back[fcol] - back[col])
+    prefixes = [c.split("__")[0] for c in back.columns[1:]]
+    firsts = list(dict.fromkeys(prefixes))
+    assert firsts == ["baseline", "followup", "delta", "reldelta"]
+    assert not back["baseline__tumor__qc__failed"].any()
+    assert table.shape == back.shape
+
+
+def test_small_tumour_gives_na_flag_and_failure_row(tiny_cohort_ro, settings, tmp_path):
+    strict = FeatureSettings(**{**settings.__dict__, "min_tumor_voxels": 10**6})
+    pid = "C1-001"
+    write_patient(
+        pid,
+        _scans(tiny_cohort_ro, pid),
+        strict,
+        tmp_path / "a.parquet",
+        tmp_path / "a.tsv",
+        modality="CT",
+    )
+    write_patient(
+        "C1-002",
+        _scans(tiny_cohort_ro, "C1-002"),
+        settings,
+        tmp_path / "b.parquet",
+        tmp_path / "b.tsv",
+        modality="CT",
+    )
+    table = merge_features(
+        [tmp_path / "a.parquet", tmp_path / "b.parquet"],
+        [tmp_path / "a.tsv", tmp_path / "b.tsv"],
+        tmp_path / "f.parquet",
+        tmp_path / "fail.tsv",
+    )
+    row = table.set_index("patient_id").loc[pid]
+    assert row["baseline__tumor__qc__failed"] and row["followup__tumor__qc__failed"]
+    assert np.isnan(row["baseline__tumor__pyrad__original_firstorder_Mean"])
+    assert np.isnan(row["delta__tumor__pyrad__original_firstorder_Mean"])
+    assert not np.isnan(row["baseline__ring0to3mm__pyrad__original_firstorder_Mean"])
+    failures = io.read_tsv(tmp_path / "fail.tsv")
+    assert list(failures.columns) == ["patient_id", "stage", "error"]
+    assert set(failures["patient_id"]) == {pid} and (failures["stage"] == "features").all()
+    assert failures["error"].str.contains("tumor has").all() and len(failures) == 2
+
+
+def test_relative_change_is_na_near_a_zero_baseline():
+    b = pd.Series([100.0, -50.0, 0.3, 0.0, np.nan])
+    f = pd.Series([110.0, -25.0, 5.0, 1.0, 2.0])
+    # median(|b|) = 25.15, so the floor is 0.05 * 25.15 = 1.26: 0.3 counts as near zero.
+    out = delta.relative_change(b, f, rel_floor=0.05)
+    np.testing.assert_allclose(out[:2], [0.1, 0.5])
+    assert out[2:].isna().all()
+    table = pd.DataFrame(
+        {
+            "baseline__tumor__pyrad__x": b,
+            "followup__tumor__pyrad__x": f,
+            "baseline__tumor__qc__failed": False,
+            "followup__tumor__qc__failed": False,
+        }
+    )
+    out = delta.add_deltas(table)
+    assert "delta__tumor__qc__failed" not in out
+    np.testing.assert_allclose(out["delta__tumor__pyrad__x"][:4], [10, 25, 4.7, 1])

@@ -1,0 +1,183 @@
+"""Registration: recovery of a known transform, folding check, mask propagation, errors, gate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from deltarad import io
+from deltarad.preprocess import body_mask
+from deltarad.qc import collect_registration_qc
+from deltarad.register import (
+    RegistrationError,
+    RegistrationSettings,
+    StageSettings,
+    deformation_qc,
+    gate,
+    propagate_mask,
+    register_images,
+    register_scan,
+    target_registration_error,
+)
+from deltarad.synth import load_true_transform
+
+FAST = RegistrationSettings(
+    rigid=StageSettings((2, 1), (2.0, 0.0), 100),
+    affine=StageSettings((1,), (0.0,), 60),
+    bspline=StageSettings((2, 1), (2.0, 0.0), 40),
+    bspline_grid_mm=40.0,
+)
+
+
+def _known_transform(cohort, pid: str) -> sitk.Transform:
+    """Rigid + affine (scale, shear) + the cohort's smooth deformation for `pid`."""
+    truth = load_true_transform(cohort, pid)
+    affine = sitk.AffineTransform(3)
+    affine.SetMatrix((1.04, 0.03, 0.0, -0.02, 0.97, 0.02, 0.0, 0.01, 1.03))
+    affine.SetTranslation((2.5, -1.5, 2.0))
+    return sitk.CompositeTransform([affine, truth])
+
+
+def test_recovers_rigid_affine_and_smooth_deformation_within_one_voxel(tiny_cohort_ro):
+    moving = io.read_image(tiny_cohort_ro / "images/C1-001/baseline.nii.gz")
+    known = _known_transform(tiny_cohort_ro, "C1-001")
+    # fixed(x) = moving(known(x)): registering moving onto fixed must find `known`.
+    fixed = sitk.Resample(moving, moving, known, sitk.sitkBSpline, -1000.0, sitk.sitkFloat32)
+    result = register_images(fixed, moving, FAST)
+    body = body_mask(fixed, "CT")
+    eroded = sitk.BinaryErode(body, (3, 3, 2))  # stay clear of the field-of-view edge
+    errors = target_registration_error(result.transform, known, fixed, eroded)
+    identity = target_registration_error(sitk.Transform(3, sitk.sitkIdentity), known, fixed, eroded)
+    voxel = min(fixed.GetSpacing())
+    assert identity.mean() > 2 * voxel  # the problem is real
+    assert errors.mean() <= voxel, errors.mean()
+    assert result.metric_after < result.metric_before
+
+
+def test_folded_transform_is_flagged():
+    reference = sitk.Image([20, 20, 20], sitk.sitkFloat32)
+    reference.SetSpacing((2.0, 2.0, 2.0))
+    x = np.arange(20) * 2.0
+    disp = np.zeros((20, 20, 20, 3))
+    # Fold along x: displacement falls by 3 mm per 2 mm voxel in the middle -> Jacobian < 0.
+    disp[:, :, 8:12, 0] = -3.0 * (x[8:12] - x[8]) / 2.0
+    field_img = sitk.GetImageFromArray(disp, isVector=True)
+    field_img.CopyInformation(reference)
+    folded = sitk.DisplacementFieldTransform(field_img)
+    region = sitk.Image([20, 20, 20], sitk.sitkUInt8) + 1
+    region.CopyInformation(reference)
+    qc = deformation_qc(folded, reference, region)
+    assert qc["jacobian_min"] < 0
+    record = {**qc, "metric_before": -0.5, "metric_after": -0.8}
+    reasons = gate(record, RegistrationSettings())
+    assert len(reasons) == 1 and reasons[0].startswith("folding")
+    smooth = deformation_qc(sitk.Transform(3, sitk.sitkIdentity), reference, region)
+    assert smooth["jacobian_min"] == pytest.approx(1.0)
+    worse = {**smooth, "metric_before": -0.8, "metric_after": -0.5, "max_displacement_mm": 80.0}
+    reasons = gate(worse, RegistrationSettings())
+    assert [r.split()[0] for r in reasons] == ["similarity", "displacement"]
+    assert (
+        gate({**worse, "metric_after": -0.9, "max_displacement_mm": 5.0}, RegistrationSettings())
+        == []
+    )
+
+
+def test_mask_propagation_keeps_labels_binary_and_volume(tiny_cohort_ro):
+    mask = io.read_image(tiny_cohort_ro / "masks/C1-001/baseline.nii.gz")
+    rigid = sitk.Euler3DTransform((0.0, 0.0, 0.0), 0.05, -0.03, 0.08, (3.3, -2.1, 1.7))
+    finer = sitk.Image([48, 48, 36], sitk.sitkUInt8)
+    finer.SetSpacing((2.0, 2.0, 2.0 * 24 * 4 / 72))
+    finer.SetOrigin(mask.GetOrigin())
+    out = propagate_mask(mask, finer, rigid)
+    values = set(np.unique(sitk.GetArrayViewFromImage(out)).tolist())
+    assert values == {0, 1}
+    vol_in = np.count_nonzero(sitk.GetArrayViewFromImage(mask)) * np.prod(mask.GetSpacing())
+    vol_out = np.count_nonzero(sitk.GetArrayViewFromImage(out)) * np.prod(out.GetSpacing())
+    assert vol_out == pytest.approx(vol_in, rel=0.08)
+
+
+def test_constant_or_corrupt_followup_names_the_patient(tiny_cohort, tmp_path):
+    base = tiny_cohort / "images/C1-002/baseline.nii.gz"
+    follow = tiny_cohort / "images/C1-002/followup.nii.gz"
+    image = io.read_image(follow)
+    io.write_image(sitk.Image(image.GetSize(), sitk.sitkInt16) * 0 + 5, follow)
+    outs = [str(tmp_path / n) for n in ("i.nii.gz", "m.nii.gz", "t.tfm", "q.json")]
+    with pytest.raises(RegistrationError, match=r"patient C1-002, followup .*constant"):
+        register_scan("C1-002", "followup", "CT", str(base), str(follow), None, FAST, *outs)
+    follow.write_bytes(b"\x1f\x8b broken")
+    with pytest.raises(RegistrationError, match=r"patient C1-002, followup .*followup.nii.gz"):
+        register_scan("C1-002", "followup", "CT", str(base), str(follow), None, FAST, *outs)
+    assert not any((tmp_path / n).exists() for n in ("i.nii.gz", "q.json"))
+
+
+def test_register_scan_writes_outputs_and_scores_against_truth(tiny_cohort_ro, tmp_path):
+    pid, c = "C1-003", tiny_cohort_ro
+    outs = [str(tmp_path / n) for n in ("i.nii.gz", "m.nii.gz", "t.tfm", "q.json")]
+    record = register_scan(
+        pid,
+        "followup",
+        "CT",
+        str(c / f"images/{pid}/baseline.nii.gz"),
+        str(c / f"images/{pid}/followup.nii.gz"),
+        str(c / f"masks/{pid}/followup.nii.gz"),
+        FAST,
+        *outs,
+        fixed_mask_path=str(c / f"masks/{pid}/baseline.nii.gz"),
+        truth={"cohort": str(c), "mask": str(c / f"truth/masks/{pid}/followup_in_baseline.nii.gz")},
+        out_figure=str(tmp_path / "qc.png"),
+    )
+    assert json.loads((tmp_path / "q.json").read_text()) == json.loads(json.dumps(record))
+    assert gate(record, RegistrationSettings()) == []
+    assert record["tre_mm"] < 3.0 and record["mask_dice"] > 0.6
+    fixed = io.read_image(c / f"images/{pid}/baseline.nii.gz")
+    for name in ("i.nii.gz", "m.nii.gz"):
+        assert (
+            io.Geometry.of(io.read_image(tmp_path / name)).mismatches(io.Geometry.of(fixed)) == []
+        )
+    transform = sitk.ReadTransform(str(tmp_path / "t.tfm"))
+    point = (1.0, 2.0, 3.0)
+    assert np.allclose(
+        transform.TransformPoint(point), sitk.ReadTransform(outs[2]).TransformPoint(point)
+    )
+    assert (tmp_path / "qc.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_gate_failures_are_listed_and_others_kept(tmp_path):
+    records = []
+    for pid, jac in (("A", 0.8), ("B", -0.2), ("C", 0.7)):
+        rec = {
+            "patient_id": pid,
+            "timepoint": "followup",
+            "method": "sitk:rigid",
+            "tre_mm": None,
+            "mask_dice": None,
+            "seconds": 1.0,
+            "metric_before": -0.5,
+            "metric_after": -0.9,
+            "jacobian_min": jac,
+            "jacobian_max": 1.2,
+            "max_displacement_mm": 5.0,
+        }
+        path = tmp_path / f"{pid}.json"
+        path.write_text(json.dumps(rec))
+        records.append(path)
+    table = collect_registration_qc(records, {}, tmp_path / "qc.tsv", tmp_path / "fail.tsv")
+    assert list(table["patient_id"]) == ["A", "B", "C"]
+    assert list(table["passed"]) == [True, False, True]
+    failures = pd.read_csv(tmp_path / "fail.tsv", sep="\t")
+    assert failures.to_dict("records") == [
+        {
+            "patient_id": "B",
+            "stage": "registration",
+            "error": "followup: folding: Jacobian determinant down to -0.200 in the body "
+            "(must stay > 0.0)",
+        }
+    ]
+    strict = collect_registration_qc(
+        records, {"min_jacobian": 0.75}, tmp_path / "qc.tsv", tmp_path / "fail.tsv"
+    )
+    assert list(strict["passed"]) == [True, False, False]

@@ -1,0 +1,41 @@
+# Preprocessing: dataset fingerprint, then per scan resampling + normalisation.
+
+
+rule fingerprint:
+    input:
+        samples=RESULTS / "tables/samples.validated.tsv",
+        scans=validated_scan_files,
+    output:
+        RESULTS / "preprocess/fingerprint.json",
+    log:
+        LOGS / "preprocess/fingerprint.log",
+    conda:
+        ENVS / "imaging.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../scripts/fingerprint.py"
+
+
+rule preprocess:
+    input:
+        unpack(preprocess_inputs),
+    output:
+        image=RESULTS / "preprocessed/{patient}/{timepoint}.nii.gz",
+        mask=RESULTS / "preprocessed/{patient}/{timepoint}_mask.nii.gz",
+        record=RESULTS / "preprocessed/{patient}/{timepoint}.json",
+    log:
+        LOGS / "preprocess/{patient}/{timepoint}.log",
+    conda:
+        ENVS / "imaging.yaml"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=20,
+    params:
+        modality=scan_modality,
+        settings=config["preprocess"],
+    script:
+        "../scripts/preprocess.py"
