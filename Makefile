@@ -22,7 +22,7 @@ $(STAMP): requirements/lock.txt pyproject.toml
 
 # The whole workflow on the embedded default (the synthetic multi-centre cohort) -> results/
 demo: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --cores $(CORES) --workflow-profile workflow/profiles/default
 
 # The test suite. pytest exits 5 when it collects no test, which fails this target too.
 test: $(STAMP)

@@ -51,8 +51,11 @@ def main() -> None:
     runs = [run(size, jobs) for size in SIZES for jobs in sorted({1, ns.jobs})]
     report = {
         "benchmark": "synthetic cohort generation",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "processor": platform.processor()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+        },
         "date": time.strftime("%Y-%m-%d"),
         "runs": runs,
     }

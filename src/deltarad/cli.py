@@ -107,10 +107,20 @@ def cmd_register(ns: argparse.Namespace) -> int:
     settings = RegistrationSettings.from_config(config["registration"])
     out = Path(ns.out)
     record = register_scan(
-        "-", "moving", ns.modality, ns.fixed, ns.moving, ns.moving_mask, settings,
-        str(out / "registered.nii.gz"), str(out / "registered_mask.nii.gz"),
-        str(out / "transform.tfm"), str(out / "qc.json"), fixed_mask_path=ns.fixed_mask,
-        out_figure=str(out / "qc.png"), threads=ns.threads,
+        "-",
+        "moving",
+        ns.modality,
+        ns.fixed,
+        ns.moving,
+        ns.moving_mask,
+        settings,
+        str(out / "registered.nii.gz"),
+        str(out / "registered_mask.nii.gz"),
+        str(out / "transform.tfm"),
+        str(out / "qc.json"),
+        fixed_mask_path=ns.fixed_mask,
+        out_figure=str(out / "qc.png"),
+        threads=ns.threads,
     )
     if not ns.moving_mask:
         (out / "registered_mask.nii.gz").unlink()
@@ -149,10 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--moving", required=True, help="moving image (e.g. a follow-up)")
     p.add_argument("--moving-mask", help="mask on the moving image, propagated to fixed space")
     p.add_argument("--fixed-mask", help="tumour mask on the fixed image (centres the QC picture)")
-    p.add_argument("--modality", default="CT", choices=["CT", "MR", "PET"],
-                   help="modality (body mask for the QC measures)")
-    p.add_argument("--config", action="append", metavar="YAML",
-                   help="config file(s) with a registration block (default: built-in)")
+    p.add_argument(
+        "--modality",
+        default="CT",
+        choices=["CT", "MR", "PET"],
+        help="modality (body mask for the QC measures)",
+    )
+    p.add_argument(
+        "--config",
+        action="append",
+        metavar="YAML",
+        help="config file(s) with a registration block (default: built-in)",
+    )
     p.add_argument("--threads", type=int, default=2, help="ITK threads")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_register)

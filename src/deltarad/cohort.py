@@ -480,4 +480,3 @@ def planned_scans(config: dict[str, Any]) -> pd.DataFrame:
         ok &= df[column].fillna("").str.strip().str.fullmatch(r"[A-Za-z0-9_-]+")
     df = df.loc[ok, columns].apply(lambda col: col.str.strip())
     return df.drop_duplicates().sort_values(columns).reset_index(drop=True)
-

@@ -206,15 +206,17 @@ def _draw_vessels(rng: np.random.Generator, inner: np.ndarray, fov: np.ndarray) 
     n = 8
     angle = rng.uniform(0, 2 * np.pi, n)
     frac = np.sqrt(rng.uniform(0.05, 0.6, n))
-    return np.column_stack([
-        frac * inner[0] * np.cos(angle),
-        frac * inner[1] * np.sin(angle),
-        rng.uniform(2.0, 8.0, n),
-        rng.uniform(2.0, 8.0, n),
-        rng.uniform(0.6, 1.5, n) * fov[2],
-        rng.uniform(0, 2 * np.pi, n),
-        rng.uniform(1.5, 3.0, n),
-    ])
+    return np.column_stack(
+        [
+            frac * inner[0] * np.cos(angle),
+            frac * inner[1] * np.sin(angle),
+            rng.uniform(2.0, 8.0, n),
+            rng.uniform(2.0, 8.0, n),
+            rng.uniform(0.6, 1.5, n) * fov[2],
+            rng.uniform(0, 2 * np.pi, n),
+            rng.uniform(1.5, 3.0, n),
+        ]
+    )
 
 
 def draw_patient(cfg: SynthConfig, rng: np.random.Generator) -> tuple[Anatomy, dict]:

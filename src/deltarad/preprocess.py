@@ -96,8 +96,12 @@ def resample_to_spacing(
     if is_label:
         return resample_label(image, reference, sitk.Transform())
     out = sitk.Resample(
-        sitk.Cast(image, sitk.sitkFloat32), reference, sitk.Transform(), sitk.sitkBSpline,
-        float(sitk.GetArrayViewFromImage(image).min()), sitk.sitkFloat32,
+        sitk.Cast(image, sitk.sitkFloat32),
+        reference,
+        sitk.Transform(),
+        sitk.sitkBSpline,
+        float(sitk.GetArrayViewFromImage(image).min()),
+        sitk.sitkFloat32,
     )
     return out
 
@@ -212,8 +216,14 @@ def fingerprint(samples: pd.DataFrame) -> dict[str, Any]:
     scans, per_center = [], {}
     for row in samples.itertuples():
         geo, _, _ = io.read_header(row.image)
-        scans.append({"patient_id": row.patient_id, "timepoint": row.timepoint,
-                      "spacing": list(geo.spacing), "size": list(geo.size)})
+        scans.append(
+            {
+                "patient_id": row.patient_id,
+                "timepoint": row.timepoint,
+                "spacing": list(geo.spacing),
+                "size": list(geo.size),
+            }
+        )
         if isinstance(row.mask, str):
             img = sitk.GetArrayFromImage(io.read_image(row.image))
             msk = sitk.GetArrayFromImage(io.read_image(row.mask)) > 0
@@ -223,10 +233,12 @@ def fingerprint(samples: pd.DataFrame) -> dict[str, Any]:
     for (center, modality), chunks in sorted(per_center.items()):
         values = np.concatenate(chunks)
         stats[f"{center}/{modality}"] = {
-            "mean": float(values.mean()), "sd": float(values.std()),
+            "mean": float(values.mean()),
+            "sd": float(values.std()),
             "median": float(np.median(values)),
             "p00_5": float(np.percentile(values, 0.5)),
-            "p99_5": float(np.percentile(values, 99.5)), "voxels": int(values.size),
+            "p99_5": float(np.percentile(values, 99.5)),
+            "voxels": int(values.size),
         }
     return {
         "n_scans": len(scans),

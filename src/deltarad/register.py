@@ -143,8 +143,10 @@ def register_images(
         stage = getattr(settings, name)
         r = _method(settings, stage)
         r.SetOptimizerAsRegularStepGradientDescent(
-            learningRate=2.0 if name == "rigid" else 1.0, minStep=1e-3,
-            numberOfIterations=stage.iterations, relaxationFactor=0.5,
+            learningRate=2.0 if name == "rigid" else 1.0,
+            minStep=1e-3,
+            numberOfIterations=stage.iterations,
+            relaxationFactor=0.5,
         )
         r.SetOptimizerScalesFromPhysicalShift()
         if name == "rigid":
@@ -171,7 +173,8 @@ def register_images(
         bspline = sitk.BSplineTransformInitializer(fixed, mesh, order=3)
         r = _method(settings, settings.bspline)
         r.SetOptimizerAsLBFGSB(
-            gradientConvergenceTolerance=1e-5, numberOfIterations=settings.bspline.iterations,
+            gradientConvergenceTolerance=1e-5,
+            numberOfIterations=settings.bspline.iterations,
             maximumNumberOfCorrections=5,
             maximumNumberOfFunctionEvaluations=2 * settings.bspline.iterations,
             costFunctionConvergenceFactor=1e7,
@@ -225,8 +228,7 @@ def gate(qc: dict[str, Any], s: RegistrationSettings) -> list[str]:
     reasons = []
     if not qc["metric_after"] < qc["metric_before"]:
         reasons.append(
-            f"similarity got worse: Mattes MI {qc['metric_before']:.4f} -> "
-            f"{qc['metric_after']:.4f}"
+            f"similarity got worse: Mattes MI {qc['metric_before']:.4f} -> {qc['metric_after']:.4f}"
         )
     if qc["jacobian_min"] <= s.min_jacobian:
         reasons.append(
@@ -242,7 +244,10 @@ def gate(qc: dict[str, Any], s: RegistrationSettings) -> list[str]:
 
 
 def target_registration_error(
-    transform: sitk.Transform, truth: sitk.Transform, reference: sitk.Image, region: sitk.Image,
+    transform: sitk.Transform,
+    truth: sitk.Transform,
+    reference: sitk.Image,
+    region: sitk.Image,
     step_mm: float = 4.0,
 ) -> np.ndarray:
     """Distances (mm) between points mapped by `transform` and by the true transform.
@@ -266,8 +271,10 @@ def tre_region(baseline: sitk.Image, modality: str, tumor: sitk.Image | None) ->
     if tumor is not None:
         dist = sitk.GetArrayFromImage(
             sitk.SignedMaurerDistanceMap(
-                sitk.Cast(tumor > 0, sitk.sitkUInt8), insideIsPositive=False,
-                squaredDistance=False, useImageSpacing=True,
+                sitk.Cast(tumor > 0, sitk.sitkUInt8),
+                insideIsPositive=False,
+                squaredDistance=False,
+                useImageSpacing=True,
             )
         )
         body &= dist > 10.0
@@ -289,7 +296,11 @@ def resample_moving(
     """The follow-up image in baseline space (B-spline interpolation; outside = its minimum)."""
     background = float(sitk.GetArrayViewFromImage(moving).min())
     return sitk.Resample(
-        sitk.Cast(moving, sitk.sitkFloat32), reference, transform, sitk.sitkBSpline, background,
+        sitk.Cast(moving, sitk.sitkFloat32),
+        reference,
+        transform,
+        sitk.sitkBSpline,
+        background,
         sitk.sitkFloat32,
     )
 
@@ -309,8 +320,11 @@ def invert_to_moving_space(
     iteratively onto the follow-up grid."""
     forward = displacement_field(transform, fixed)
     inverse = sitk.InvertDisplacementField(
-        forward, maximumNumberOfIterations=50, maxErrorToleranceThreshold=0.05,
-        meanErrorToleranceThreshold=0.001, enforceBoundaryCondition=False,
+        forward,
+        maximumNumberOfIterations=50,
+        maxErrorToleranceThreshold=0.05,
+        meanErrorToleranceThreshold=0.001,
+        enforceBoundaryCondition=False,
     )
     inverse_tx = sitk.DisplacementFieldTransform(sitk.Cast(inverse, sitk.sitkVectorFloat64))
     # Resample the inverse field onto the follow-up grid so it covers the moving image.
@@ -362,8 +376,9 @@ def register_scan(
         tumor = io.read_image(fixed_mask_path) if fixed_mask_path else None
         registration_figure(fixed, before, registered, tumor, where, out_figure)
     if moving_mask_path:
-        io.write_image(propagate_mask(io.read_image(moving_mask_path), fixed, result.transform),
-                       out_mask)
+        io.write_image(
+            propagate_mask(io.read_image(moving_mask_path), fixed, result.transform), out_mask
+        )
     else:
         empty = sitk.Image(fixed.GetSize(), sitk.sitkUInt8)
         empty.CopyInformation(fixed)
@@ -371,9 +386,12 @@ def register_scan(
     with io.atomic_path(out_transform) as tmp:
         sitk.WriteTransform(result.transform, str(tmp))
     record: dict[str, Any] = {
-        "patient_id": patient_id, "timepoint": timepoint,
+        "patient_id": patient_id,
+        "timepoint": timepoint,
         "method": "sitk:" + "+".join(settings.stages),
-        "tre_mm": None, "mask_dice": None, "seconds": result.seconds,
+        "tre_mm": None,
+        "mask_dice": None,
+        "seconds": result.seconds,
         "stage_seconds": result.stage_seconds,
         "metric_before": round(result.metric_before, 6),
         "metric_after": round(result.metric_after, 6),

@@ -29,6 +29,7 @@ start=$(date +%s)
 say() { echo "slurm_up: $*"; }
 die() { echo "slurm_up: ERROR: $*" >&2; exit 1; }
 
+[[ $STATE == /?*/?* ]] || die "DELTARAD_SLURM_DIR must be an absolute path below a folder: $STATE"
 [[ $(id -u) -eq 0 ]] || die "must run as root (it starts the SLURM daemons and may apt-get install)"
 
 # Refuse to start a second cluster over a running one.

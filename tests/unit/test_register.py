@@ -181,3 +181,18 @@ def test_gate_failures_are_listed_and_others_kept(tmp_path):
         records, {"min_jacobian": 0.75}, tmp_path / "qc.tsv", tmp_path / "fail.tsv"
     )
     assert list(strict["passed"]) == [True, False, False]
+
+
+def test_inverse_direction_maps_followup_points_back(tiny_cohort_ro):
+    """Baseline masks can go into follow-up space: forward(inverse(y)) returns to y."""
+    from deltarad.register import invert_to_moving_space
+
+    c = tiny_cohort_ro
+    fixed = io.read_image(c / "images/C1-001/baseline.nii.gz")
+    moving = io.read_image(c / "images/C1-001/followup.nii.gz")
+    forward = load_true_transform(c, "C1-001")
+    inverse = invert_to_moving_space(forward, fixed, moving)
+    pts = np.random.default_rng(0).uniform(-25, 25, (200, 3))
+    back = np.array([forward.TransformPoint(inverse.TransformPoint(tuple(p))) for p in pts])
+    error = np.linalg.norm(back - pts, axis=1)
+    assert np.median(error) < 0.3 and error.max() < 1.5, (np.median(error), error.max())

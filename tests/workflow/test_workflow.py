@@ -83,6 +83,14 @@ def test_registration_outputs_and_qc(finished_run):
         assert (results / f"figures/qc/registration/{pid}_followup.png").is_file()
 
 
+def test_features_table(finished_run):
+    table = pd.read_parquet(finished_run / "results/features/features.parquet")
+    assert len(table) == 6 and table.columns[0] == "patient_id"
+    timepoints = {c.split("__")[0] for c in table.columns[1:]}
+    assert timepoints == {"baseline", "followup", "delta", "reldelta"}
+    assert "baseline__tumor__pyrad__original_firstorder_Mean" in table.columns
+
+
 def test_gate_drops_patients_and_the_rest_finish(finished_run, tmp_path):
     """Tightening the gate re-runs only the QC aggregation, drops the patients beyond it."""
     qc = io.read_tsv(finished_run / "results/tables/registration_qc.tsv")

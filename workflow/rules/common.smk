@@ -5,7 +5,9 @@ import pandas as pd
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from deltarad.cohort import BASELINE, planned_scans
+from dataclasses import asdict
+
+from deltarad.cohort import BASELINE, ValidationSettings, planned_scans
 from deltarad.config import check_config, schema_path
 from deltarad.synth import patient_outputs
 
@@ -15,6 +17,9 @@ if _problems:
     raise WorkflowError("invalid configuration:\n  " + "\n  ".join(_problems))
 
 RESULTS = Path(config["results"])
+VALIDATION_SETTINGS = asdict(ValidationSettings.from_config(config))
+# Registration jobs see everything but the gate: re-tuning the gate reruns only the QC table.
+REGISTRATION_SETTINGS = {k: v for k, v in config["registration"].items() if k != "gate"}
 LOGS = RESULTS / "logs"
 COHORT = RESULTS / "cohort"
 SYNTHETIC = config["cohort"]["source"] == "synthetic"
@@ -24,6 +29,15 @@ PATIENTS = sorted(PLANNED["patient_id"].unique())
 LATER = PLANNED[PLANNED["timepoint"] != BASELINE]
 REPO = Path(workflow.basedir)
 ENVS = REPO / "envs"
+
+
+def scaled_mem(base_mb):
+    """A memory request that grows with each retry (out-of-memory on a cluster is retried)."""
+
+    def request(wildcards, attempt):
+        return base_mb * attempt
+
+    return request
 
 
 wildcard_constraints:

@@ -22,7 +22,7 @@ rule features_patient:
         ENVS / "imaging.yaml"
     threads: 1
     resources:
-        mem_mb=3000,
+        mem_mb=scaled_mem(3000),
         runtime=30,
     params:
         settings=config["features"],
@@ -47,7 +47,7 @@ rule features_merge:
         ENVS / "imaging.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=scaled_mem(4000),
         runtime=10,
     params:
         reldelta=config["features"]["reldelta"],

@@ -12,7 +12,7 @@ if SYNTHETIC:
             ENVS / "imaging.yaml"
         threads: 1
         resources:
-            mem_mb=2000,
+            mem_mb=scaled_mem(2000),
             runtime=10,
         params:
             synthetic=config["synthetic"],
@@ -33,7 +33,7 @@ if SYNTHETIC:
             ENVS / "imaging.yaml"
         threads: 1
         resources:
-            mem_mb=1000,
+            mem_mb=scaled_mem(1000),
             runtime=5,
         params:
             root=COHORT,
@@ -58,10 +58,11 @@ checkpoint validate_cohort:
         ENVS / "imaging.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=scaled_mem(2000),
         runtime=30,
     params:
-        config=config,
+        # Only what validation depends on, so other config changes do not rerun everything.
+        settings=VALIDATION_SETTINGS,
     script:
         "../scripts/validate_cohort.py"
 
@@ -79,7 +80,7 @@ rule provenance:
         ENVS / "imaging.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=scaled_mem(1000),
         runtime=30,
     params:
         config=config,

@@ -13,7 +13,7 @@ rule fingerprint:
         ENVS / "imaging.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=scaled_mem(4000),
         runtime=30,
     script:
         "../scripts/fingerprint.py"
@@ -32,7 +32,7 @@ rule preprocess:
         ENVS / "imaging.yaml"
     threads: 1
     resources:
-        mem_mb=3000,
+        mem_mb=scaled_mem(3000),
         runtime=20,
     params:
         modality=scan_modality,

@@ -28,11 +28,11 @@ rule register:
         ENVS / "imaging.yaml"
     threads: 1
     resources:
-        mem_mb=3000,
+        mem_mb=scaled_mem(3000),
         runtime=30,
     params:
         modality=scan_modality,
-        settings=config["registration"],
+        settings=REGISTRATION_SETTINGS,
         truth_cohort=COHORT if SYNTHETIC else None,
     script:
         "../scripts/register.py"
@@ -51,16 +51,16 @@ rule registration_qc:
             category="2. Registration",
         ),
         failures=RESULTS / "qc/failures_registration.tsv",
-    params:
-        gate=config["registration"]["gate"],
     log:
         LOGS / "register/qc.log",
     conda:
         ENVS / "imaging.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=scaled_mem(1000),
         runtime=10,
+    params:
+        gate=config["registration"]["gate"],
     script:
         "../scripts/registration_qc.py"
 
@@ -80,7 +80,7 @@ rule failures:
         ENVS / "imaging.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=scaled_mem(1000),
         runtime=5,
     script:
         "../scripts/failures.py"

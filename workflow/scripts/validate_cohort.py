@@ -7,7 +7,7 @@ with log_to(snakemake.log[0]):
     validate_and_write(
         snakemake.input.samples,
         snakemake.input.clinical,
-        ValidationSettings.from_config(snakemake.params.config),
+        ValidationSettings(**snakemake.params.settings),
         snakemake.output.samples,
         snakemake.output.clinical,
     )
