@@ -14,6 +14,7 @@ import yaml
 
 from deltarad import io
 from deltarad.cohort import SAMPLE_COLUMNS
+from deltarad.qc import REGISTRATION_QC_COLUMNS
 from tests.conftest import CONFIGS, REPO
 
 pytestmark = pytest.mark.workflow
@@ -63,7 +64,8 @@ def test_tiny_workflow_writes_the_contract_outputs(finished_run, tiny_cohort_ro)
 def test_registration_outputs_and_qc(finished_run):
     results = finished_run / "results"
     qc = io.read_tsv(results / "tables/registration_qc.tsv")
-    assert list(qc.columns[:6]) == [
+    assert list(qc.columns) == REGISTRATION_QC_COLUMNS
+    assert REGISTRATION_QC_COLUMNS[:6] == [  # the output contract's columns come first
         "patient_id",
         "timepoint",
         "method",

@@ -38,22 +38,32 @@ def _report(name: str, samples, failures, out: Path) -> int:
     return 0
 
 
+def _roi(ns: argparse.Namespace) -> str | None:
+    """--roi, else the config's ingest.roi_regex (--config files, merged), else None."""
+    if ns.roi or not ns.config:
+        return ns.roi
+    from deltarad.config import load_config
+
+    return load_config(*ns.config)["ingest"]["roi_regex"]
+
+
 def cmd_ingest_dicom(ns: argparse.Namespace) -> int:
     from deltarad.dicom.ingest import IngestOptions, ingest_dicom
     from deltarad.dicom.pseudonym import load_key
 
     try:
         key = load_key(ns.key_env, ns.key_file)
+        roi = _roi(ns)
         options = IngestOptions(
-            roi_regex=ns.roi,
+            roi_regex=roi,
             center=ns.center,
             mask_source=ns.mask_source,
             prefix=ns.prefix,
             timepoints=ns.timepoints,
             clinical=ns.clinical,
         )
-        if ns.roi:
-            re.compile(ns.roi)
+        if roi:
+            re.compile(roi)
         result = ingest_dicom(Path(ns.root), Path(ns.out), key, options)
     except (UserError, re.error) as err:
         print(f"deltarad ingest-dicom: {err}", file=sys.stderr)
@@ -67,7 +77,7 @@ def cmd_ingest_nnunet(ns: argparse.Namespace) -> int:
 
     try:
         samples, failures = ingest_nnunet(
-            Path(ns.dataset), Path(ns.out), ns.roi, ns.channel, ns.cases, ns.center, ns.modality
+            Path(ns.dataset), Path(ns.out), _roi(ns), ns.channel, ns.cases, ns.center, ns.modality
         )
     except (UserError, re.error) as err:
         print(f"deltarad ingest-nnunet: {err}", file=sys.stderr)
@@ -95,6 +105,12 @@ def add_ingest_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--key-file", type=Path, help="file holding the key (instead of --key-env)")
     p.add_argument("--roi", metavar="REGEX", help="tumour ROI/segment name (case-insensitive)")
     p.add_argument(
+        "--config",
+        action="append",
+        metavar="YAML",
+        help="config file(s); ingest.roi_regex is used when --roi is not given",
+    )
+    p.add_argument(
         "--mask-source",
         choices=("auto", "seg", "rtstruct"),
         default="auto",
@@ -111,6 +127,12 @@ def add_ingest_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dataset", help="Dataset folder holding dataset.json, imagesTr, labelsTr")
     p.add_argument("--out", required=True, help="output folder (samples.tsv, masks)")
     p.add_argument("--roi", metavar="REGEX", help="tumour label name in dataset.json")
+    p.add_argument(
+        "--config",
+        action="append",
+        metavar="YAML",
+        help="config file(s); ingest.roi_regex is used when --roi is not given",
+    )
     p.add_argument("--channel", type=int, default=0, help="image channel to use (default 0)")
     p.add_argument("--cases", type=Path, metavar="TSV", help="case, patient_id, timepoint, days")
     p.add_argument("--center", type=_label, default="site1", help="centre label")

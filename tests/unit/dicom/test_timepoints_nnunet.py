@@ -99,4 +99,13 @@ def test_nnunet_label_choice_and_missing_case(nnunet_dataset, tmp_path, capsys):
     assert code == 0
     captured = capsys.readouterr()
     assert "tiny_004: image of channel 0 missing" in captured.err
-    assert "11 patient(s), 11 scan(s)"  # without a case table: case = patient in captured.out
+    # Without a case table every case is its own patient.
+    assert "11 patient(s), 11 scan(s)" in captured.out
+    # The tumour label may also come from the config's ingest.roi_regex.
+    config = tmp_path / "study.yaml"
+    config.write_text("ingest: {roi_regex: tumour}\n")
+    code = main(
+        ["ingest-nnunet", str(dataset), "--out", str(tmp_path / "c"), "--config", str(config)]
+    )
+    assert code == 0
+    assert "11 patient(s), 11 scan(s)" in capsys.readouterr().out
