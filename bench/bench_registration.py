@@ -33,6 +33,7 @@ from deltarad.preprocess import PreprocessSettings, preprocess_scan
 from deltarad.register import (
     RegistrationSettings,
     displacement_field,
+    field_distances,
     register_images,
     tre_region,
 )
@@ -52,16 +53,6 @@ def elastix_field(fixed_path: Path, moving_path: Path) -> tuple[sitk.Image, floa
         check=True,
     )
     return sitk.Cast(sitk.ReadImage(str(out)), sitk.sitkVectorFloat64), float(done.stdout)
-
-
-def tre_from_fields(ours: sitk.Image, truth: sitk.Image, region: sitk.Image) -> np.ndarray:
-    spacing = np.asarray(region.GetSpacing())
-    step = np.maximum(np.round(4.0 / spacing), 1).astype(int)
-    inside = sitk.GetArrayViewFromImage(region)[:: step[2], :: step[1], :: step[0]] > 0
-    zyx = np.argwhere(inside) * step[::-1]
-    a = sitk.GetArrayViewFromImage(ours)[zyx[:, 0], zyx[:, 1], zyx[:, 2]]
-    b = sitk.GetArrayViewFromImage(truth)[zyx[:, 0], zyx[:, 1], zyx[:, 2]]
-    return np.linalg.norm(a - b, axis=1)
 
 
 def main() -> None:
@@ -103,9 +94,9 @@ def main() -> None:
         start = time.perf_counter()
         result = register_images(fixed, moving, reg)
         ours_s = time.perf_counter() - start
-        ours = tre_from_fields(displacement_field(result.transform, fixed), truth, region)
+        ours = field_distances(displacement_field(result.transform, fixed), truth, region)
         elx_field, elx_s = elastix_field(paths["baseline"], paths["followup"])
-        elx = tre_from_fields(elx_field, truth, region)
+        elx = field_distances(elx_field, truth, region)
         rows.append(
             {
                 "patient_id": pid,

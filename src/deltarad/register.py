@@ -10,7 +10,7 @@ synthetic cohort, the target registration error against the true transform.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -47,7 +47,6 @@ class RegistrationSettings:
     bspline_grid_mm: float = 30.0
     max_displacement_mm: float = 40.0
     min_jacobian: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, block: dict[str, Any]) -> RegistrationSettings:
@@ -255,13 +254,23 @@ def target_registration_error(
     Points: the voxel centres of `region` (the body outside the tumour's neighbourhood) on a
     lattice of about `step_mm`, so every part of the body weighs the same whatever the spacing.
     """
-    step = np.maximum(np.round(step_mm / np.asarray(reference.GetSpacing())), 1).astype(int)
+    return field_distances(
+        displacement_field(transform, reference),
+        displacement_field(truth, reference),
+        region,
+        step_mm,
+    )
+
+
+def field_distances(
+    ours: sitk.Image, truth: sitk.Image, region: sitk.Image, step_mm: float = 4.0
+) -> np.ndarray:
+    """Distances between two displacement fields on `region`'s grid, on a ~`step_mm` lattice."""
+    step = np.maximum(np.round(step_mm / np.asarray(region.GetSpacing())), 1).astype(int)
     inside = sitk.GetArrayViewFromImage(region)[:: step[2], :: step[1], :: step[0]] > 0
     zyx = np.argwhere(inside) * step[::-1]
-    ours = displacement_field(transform, reference)
-    true = displacement_field(truth, reference)
     a = sitk.GetArrayViewFromImage(ours)[zyx[:, 0], zyx[:, 1], zyx[:, 2]]
-    b = sitk.GetArrayViewFromImage(true)[zyx[:, 0], zyx[:, 1], zyx[:, 2]]
+    b = sitk.GetArrayViewFromImage(truth)[zyx[:, 0], zyx[:, 1], zyx[:, 2]]
     return np.linalg.norm(a - b, axis=1)
 
 
@@ -367,13 +376,13 @@ def register_scan(
         raise RegistrationError(f"{where} ({moving_path}): {err}") from None
     region = body_mask(fixed, modality)
     qc = deformation_qc(result.transform, fixed, region)
+    tumor = io.read_image(fixed_mask_path) if fixed_mask_path else None
     registered = resample_moving(moving, fixed, result.transform)
     io.write_image(registered, out_image)
     if out_figure:
         from deltarad.qc import registration_figure
 
         before = resample_moving(moving, fixed, sitk.Transform(3, sitk.sitkIdentity))
-        tumor = io.read_image(fixed_mask_path) if fixed_mask_path else None
         registration_figure(fixed, before, registered, tumor, where, out_figure)
     if moving_mask_path:
         io.write_image(
@@ -401,7 +410,6 @@ def register_scan(
         from deltarad.synth import load_true_transform
 
         true_tx = load_true_transform(truth["cohort"], patient_id)
-        tumor = io.read_image(fixed_mask_path) if fixed_mask_path else None
         errors = target_registration_error(
             result.transform, true_tx, fixed, tre_region(fixed, modality, tumor)
         )

@@ -21,6 +21,7 @@ from deltarad.register import (
     propagate_mask,
     register_images,
     register_scan,
+    resample_moving,
     target_registration_error,
 )
 from deltarad.synth import load_true_transform
@@ -138,11 +139,16 @@ def test_register_scan_writes_outputs_and_scores_against_truth(tiny_cohort_ro, t
         assert (
             io.Geometry.of(io.read_image(tmp_path / name)).mismatches(io.Geometry.of(fixed)) == []
         )
+    # The written transform reproduces the written registered image.
     transform = sitk.ReadTransform(str(tmp_path / "t.tfm"))
-    point = (1.0, 2.0, 3.0)
-    assert np.allclose(
-        transform.TransformPoint(point), sitk.ReadTransform(outs[2]).TransformPoint(point)
+    moving = io.read_image(c / f"images/{pid}/followup.nii.gz")
+    again = sitk.GetArrayFromImage(resample_moving(moving, fixed, transform))
+    written = sitk.GetArrayFromImage(io.read_image(tmp_path / "i.nii.gz"))
+    np.testing.assert_allclose(again, written, atol=1e-3)
+    identity = sitk.GetArrayFromImage(
+        resample_moving(moving, fixed, sitk.Transform(3, sitk.sitkIdentity))
     )
+    assert np.abs(identity - written).mean() > 1.0  # the transform is not the identity
     assert (tmp_path / "qc.png").read_bytes()[:4] == b"\x89PNG"
 
 
