@@ -25,7 +25,7 @@ def _simulate_one(args: tuple) -> dict:
 
 
 def cmd_simulate(ns: argparse.Namespace) -> int:
-    from deltarad.config import deep_update, load_config
+    from deltarad.config import deep_update
     from deltarad.synth import SynthConfig, write_sheets
 
     config = _load_config(ns.config)
@@ -34,9 +34,7 @@ def cmd_simulate(ns: argparse.Namespace) -> int:
         overrides["seed"] = ns.seed
     if ns.patients_per_center is not None:
         overrides["patients_per_center"] = ns.patients_per_center
-    if overrides:
-        config = load_config() | {"synthetic": deep_update(config["synthetic"], overrides)}
-    cfg = SynthConfig.from_config(config["synthetic"])
+    cfg = SynthConfig.from_config(deep_update(config["synthetic"], overrides))
     out = Path(ns.out)
     start = time.perf_counter()
     jobs = [(cfg, p, out) for p in cfg.patients()]

@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,8 +176,6 @@ def transform_relpath(patient_id: str) -> tuple[str, str]:
 
 def load_true_transform(root: str | Path, patient_id: str) -> sitk.Transform:
     """The true transform resampling a patient's follow-up into its baseline space."""
-    import json
-
     params_path, field_path = (Path(root) / p for p in transform_relpath(patient_id))
     params = json.loads(params_path.read_text())
     return true_transform_from_parts(
@@ -345,8 +344,6 @@ def write_sheets(records: list[dict[str, Any]], root: str | Path) -> None:
 
 def merge_patient_records(paths: list[str | Path], root: str | Path) -> None:
     """Gather per-patient truth JSONs (written by :func:`simulate_patient`) into the sheets."""
-    import json
-
     write_sheets([json.loads(Path(p).read_text()) for p in paths], root)
 
 
