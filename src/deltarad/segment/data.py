@@ -1,0 +1,154 @@
+"""Training data of the longitudinal network: (baseline, registered follow-up) pairs on the
+baseline grid,
+patch sampling with foreground oversampling, and nnU-Net-style augmentation with MONAI."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from deltarad import io
+from deltarad.runlog import UserError
+from deltarad.segment.plan import TopologyPlan, normalize
+
+
+@dataclass(frozen=True)
+class PairCase:
+    """One patient's baseline and one later scan, both on the baseline's preprocessed grid."""
+
+    patient_id: str
+    timepoint: str
+    base_image: Path
+    follow_image: Path
+    base_mask: Path | None = None
+    follow_mask: Path | None = None
+    response: float = math.nan
+    time: float = math.nan
+    event: float = math.nan
+    # Only one pair per patient carries its outcome (the first later timepoint).
+    carries_outcome: bool = True
+
+
+@dataclass
+class LoadedPair:
+    case: PairCase
+    base: np.ndarray  # (z, y, x) float32, normalised
+    follow: np.ndarray
+    base_mask: np.ndarray | None  # (z, y, x) float32 0/1
+    follow_mask: np.ndarray | None
+    reference: sitk.Image  # geometry of the baseline grid
+
+
+def read_array(path: Path) -> tuple[np.ndarray, sitk.Image]:
+    image = io.read_image(path)
+    return sitk.GetArrayFromImage(image), image
+
+
+def load_pair(case: PairCase, plan: TopologyPlan | None, need_masks: bool) -> LoadedPair:
+    """Read and normalise a pair; masks are binarised (> 0). Geometry mismatches are user errors."""
+    base, ref = read_array(case.base_image)
+    follow, fimg = read_array(case.follow_image)
+    if base.shape != follow.shape:
+        raise UserError(
+            f"patient {case.patient_id}: {case.follow_image} has shape {follow.shape[::-1]} "
+            "but the "
+            f"baseline grid {case.base_image} has {base.shape[::-1]}; the network needs the "
+            "follow-up registered onto the baseline"
+        )
+    masks = []
+    for path in (case.base_mask, case.follow_mask):
+        if path is None:
+            if need_masks:
+                raise UserError(
+                    f"patient {case.patient_id}: no mask for training ({case.timepoint})"
+                )
+            masks.append(None)
+            continue
+        m, _ = read_array(path)
+        if m.shape != base.shape:
+            raise UserError(
+                f"patient {case.patient_id}: mask {path} shape {m.shape[::-1]} differs from "
+                f"image {case.base_image} shape {base.shape[::-1]}"
+            )
+        masks.append((m > 0).astype(np.float32))
+    if plan is not None:
+        base, follow = normalize(base, plan), normalize(follow, plan)
+    return LoadedPair(case, base, follow, masks[0], masks[1], ref)
+
+
+def spacing_zyx(image: sitk.Image) -> tuple[float, float, float]:
+    return tuple(float(s) for s in image.GetSpacing()[::-1])  # type: ignore[return-value]
+
+
+def pad_to(array: np.ndarray, shape: np.ndarray, value: float) -> tuple[np.ndarray, list[tuple]]:
+    """Pad (z, y, x) symmetrically up to at least `shape`; return the padding for unpadding."""
+    pads = []
+    for size, target in zip(array.shape, shape, strict=False):
+        extra = max(0, int(target) - size)
+        pads.append((extra // 2, extra - extra // 2))
+    return np.pad(array, pads, constant_values=value), pads
+
+
+def sample_patch(
+    pair: LoadedPair, patch: np.ndarray, rng: np.random.Generator, fg_probability: float
+) -> dict[str, np.ndarray]:
+    """A random patch (same place at both timepoints); with probability `fg_probability` centred
+    on a random tumour voxel of either timepoint (nnU-Net's foreground oversampling)."""
+    arrays = {"base": pair.base, "follow": pair.follow}
+    if pair.base_mask is not None:
+        arrays["base_seg"] = pair.base_mask
+        arrays["follow_seg"] = pair.follow_mask
+    padded = {}
+    for key, arr in arrays.items():
+        value = float(arr.min()) if key in ("base", "follow") else 0.0
+        padded[key], _ = pad_to(arr, patch, value)
+    shape = np.asarray(padded["base"].shape)
+    start = np.array([rng.integers(0, s - p + 1) for s, p in zip(shape, patch, strict=False)])
+    if "base_seg" in padded and rng.random() < fg_probability:
+        fg = np.argwhere((padded["base_seg"] + padded["follow_seg"]) > 0)
+        if len(fg):
+            centre = fg[rng.integers(len(fg))]
+            start = np.clip(centre - patch // 2, 0, shape - patch)
+    sl = tuple(slice(int(s), int(s + p)) for s, p in zip(start, patch, strict=False))
+    return {k: v[sl][None].copy() for k, v in padded.items()}
+
+
+def augmentation(settings: dict[str, Any], seed: int, with_masks: bool):
+    """nnU-Net-style augmentation with MONAI, applied identically to both timepoints (spatial) and
+    independently per image (intensity)."""
+    from monai import transforms as T
+
+    images = ["base", "follow"]
+    keys = images + (["base_seg", "follow_seg"] if with_masks else [])
+    modes = ["bilinear"] * 2 + (["nearest"] * 2 if with_masks else [])
+    rot = math.radians(settings["rotate_deg"])
+    steps = [
+        T.RandAffined(
+            keys,
+            prob=settings["affine_prob"],
+            rotate_range=(rot, rot, rot),
+            scale_range=(settings["scale"],) * 3,
+            mode=modes,
+            padding_mode="border",
+        ),
+        T.RandFlipd(keys, prob=settings["flip_prob"], spatial_axis=0),
+        T.RandFlipd(keys, prob=settings["flip_prob"], spatial_axis=1),
+        T.RandFlipd(keys, prob=settings["flip_prob"], spatial_axis=2),
+        T.RandGaussianNoised(images, prob=settings["noise_prob"], std=settings["noise_std"]),
+        T.RandScaleIntensityd(
+            images, factors=settings["intensity_scale"], prob=settings["intensity_prob"]
+        ),
+        T.RandAdjustContrastd(images, prob=settings["gamma_prob"], gamma=(0.7, 1.5)),
+    ]
+    compose = T.Compose(steps)
+    compose.set_random_state(seed=seed)
+    return compose
+
+
+def collate(samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.stack([np.asarray(s[k], dtype=np.float32) for s in samples]) for k in samples[0]}

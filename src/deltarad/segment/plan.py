@@ -1,0 +1,180 @@
+"""Network settings, presets and an nnU-Net-style topology plan computed from the dataset.
+
+nnU-Net derives the patch size, pooling steps, kernel sizes and feature widths of its U-Net from
+the dataset fingerprint (median shape and spacing). We follow the same rules (patch from the median
+shape capped by a budget, pool an axis only while its spacing stays within 2x the finest one and
+its feature map stays >= 4 voxels, 3-voxel kernels except on axes much coarser than the finest,
+widths doubling up to a cap) and save the result as JSON, so a trained model is fully described
+by files on disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deltarad.runlog import UserError
+
+HEADS = ("segmentation", "response", "survival", "reconstruction")
+FUSIONS = ("difference", "concat", "both")
+# The backend method name; every other method is a preset of our network.
+NNUNET = "nnunet"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One network variant: which heads it trains, how timepoints are fused, loss weights."""
+
+    name: str
+    heads: tuple[str, ...]
+    fusion: str = "both"
+    # How many of the deepest encoder levels feed the outcome heads (multi-scale when > 1).
+    outcome_scales: int = 3
+    loss_weights: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def segments(self) -> bool:
+        return "segmentation" in self.heads
+
+    @property
+    def outcome(self) -> bool:
+        return "response" in self.heads or "survival" in self.heads
+
+    @classmethod
+    def from_config(cls, name: str, block: dict[str, Any]) -> Preset:
+        heads = tuple(block["heads"])
+        unknown = sorted(set(heads) - set(HEADS))
+        if unknown or not heads:
+            raise UserError(
+                f"segmentation.presets.{name}.heads: {unknown or heads} — choose from {list(HEADS)}"
+            )
+        if heads == ("reconstruction",):
+            raise UserError(f"segmentation.presets.{name}: reconstruction cannot be the only head")
+        fusion = block.get("fusion", "both")
+        if fusion not in FUSIONS:
+            raise UserError(
+                f"segmentation.presets.{name}.fusion: '{fusion}' — choose from {list(FUSIONS)}"
+            )
+        weights = {h: float(block.get("loss_weights", {}).get(h, 1.0)) for h in heads}
+        return cls(name, heads, fusion, int(block.get("outcome_scales", 3)), weights)
+
+
+def wants_gpu(device: str) -> bool:
+    """Whether segmentation jobs should ask the scheduler for a GPU: `cuda`, or `auto` on a machine
+    with an NVIDIA device node (checked without importing torch, to keep DAG building fast)."""
+    if device == "cuda":
+        return True
+    return device == "auto" and Path("/dev/nvidia0").exists()
+
+
+def preset_for(method: str, config_block: dict[str, Any]) -> Preset:
+    """The preset named `method` in the `segmentation.presets` config block."""
+    presets = config_block.get("presets", {})
+    if method not in presets:
+        raise UserError(
+            f"segmentation.methods: unknown preset '{method}' — defined presets: "
+            f"{sorted(presets)} (or '{NNUNET}' for the nnU-Net backend)"
+        )
+    return Preset.from_config(method, presets[method])
+
+
+@dataclass(frozen=True)
+class TopologyPlan:
+    """Everything needed to rebuild the network and feed it like it was trained."""
+
+    patch_size: list[int]
+    spacing: list[float]
+    strides: list[list[int]]  # per stage (first is all ones)
+    kernels: list[list[int]]
+    features: list[int]
+    median_shape: list[int]
+    modality: str
+    # Intensity normalisation: CT clips to foreground percentiles then z-scores with dataset
+    # statistics (as nnU-Net); MR and PET are z-scored per image.
+    normalization: dict[str, float | str]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TopologyPlan:
+        return cls(**data)
+
+    @property
+    def divisor(self) -> np.ndarray:
+        """Each axis of an input must be a multiple of this (product of the strides)."""
+        return np.prod(np.asarray(self.strides), axis=0)
+
+
+def plan_topology(
+    shapes: list[tuple[int, int, int]],
+    spacing: tuple[float, float, float],
+    modality: str,
+    foreground: np.ndarray,
+    max_patch: tuple[int, int, int] = (96, 96, 96),
+    base_features: int = 16,
+    max_features: int = 256,
+    min_feature_map: int = 4,
+    max_stages: int = 6,
+) -> TopologyPlan:
+    """nnU-Net-like plan from the training images' shapes (z, y, x order) and foreground values."""
+    if not shapes:
+        raise UserError("segmentation: no training images to plan the network from")
+    median = np.median(np.asarray(shapes), axis=0).astype(int)
+    patch = np.minimum(median, np.asarray(max_patch, dtype=int))
+    sp = np.asarray(spacing, dtype=float)
+    strides: list[list[int]] = [[1, 1, 1]]
+    kernels: list[list[int]] = [[3 if s <= 2 * sp.min() else 1 for s in sp]]
+    current_sp, current_size = sp.copy(), patch.astype(float)
+    for _ in range(max_stages - 1):
+        finest = current_sp.min()
+        pool = [
+            int(current_sp[a] <= 2 * finest and current_size[a] / 2 >= min_feature_map)
+            for a in range(3)
+        ]
+        if not any(pool):
+            break
+        stride = [2 if p else 1 for p in pool]
+        current_sp = current_sp * np.asarray(stride)
+        current_size = current_size / np.asarray(stride)
+        strides.append(stride)
+        kernels.append([3 if s <= 2 * current_sp.min() else 1 for s in current_sp])
+    divisor = np.prod(np.asarray(strides), axis=0)
+    patch = (np.ceil(patch / divisor) * divisor).astype(int)
+    features = [min(base_features * 2**i, max_features) for i in range(len(strides))]
+    normalization: dict[str, float | str]
+    if modality == "CT" and foreground.size:
+        lo, hi = np.percentile(foreground, [0.5, 99.5])
+        clipped = np.clip(foreground, lo, hi)
+        normalization = {
+            "scheme": "ct",
+            "clip_low": float(lo),
+            "clip_high": float(hi),
+            "mean": float(clipped.mean()),
+            "std": float(max(clipped.std(), 1e-6)),
+        }
+    else:
+        normalization = {"scheme": "zscore"}
+    return TopologyPlan(
+        patch_size=patch.tolist(),
+        spacing=[float(s) for s in sp],
+        strides=strides,
+        kernels=kernels,
+        features=features,
+        median_shape=median.tolist(),
+        modality=modality,
+        normalization=normalization,
+    )
+
+
+def normalize(array: np.ndarray, plan: TopologyPlan) -> np.ndarray:
+    """Intensity normalisation recorded in the plan (the same at training and inference)."""
+    norm = plan.normalization
+    array = array.astype(np.float32)
+    if norm["scheme"] == "ct":
+        clipped = np.clip(array, norm["clip_low"], norm["clip_high"])
+        return ((clipped - norm["mean"]) / norm["std"]).astype(np.float32)
+    return ((array - array.mean()) / max(float(array.std()), 1e-6)).astype(np.float32)

@@ -1,0 +1,245 @@
+"""The segmentation stage as the workflow runs it: patient splits, training and prediction from the
+results tree, segmentation QC (Dice, HD95) and the network-predictions table."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+from scipy import ndimage
+
+from deltarad import io
+from deltarad.cohort import BASELINE
+from deltarad.runlog import UserError
+from deltarad.segment.data import PairCase
+from deltarad.segment.plan import preset_for
+
+log = logging.getLogger(__name__)
+
+SEGMENTATION_QC_COLUMNS = ["patient_id", "timepoint", "method", "dice", "hd95_mm"]
+NETWORK_PREDICTION_COLUMNS = ["patient_id", "method", "response_probability", "risk_score", "split"]
+
+
+def split_patients(
+    samples: pd.DataFrame,
+    external_centers: list[str],
+    validation_fraction: float,
+    seed: int,
+) -> dict[str, str]:
+    """patient -> train / val / test. Test = external centres; validation patients are drawn per
+    training centre (seeded), so every centre is represented; a patient's timepoints always share
+    a split. Patients a registration QC gate drops are still trained on: their registered image and
+    mask went through the same transform, so they agree with each other."""
+    centers = samples.drop_duplicates("patient_id").set_index("patient_id")["center"]
+    split: dict[str, str] = {}
+    rng = np.random.default_rng(seed)
+    for center in sorted(centers.unique()):
+        patients = sorted(centers.index[centers == center])
+        if center in external_centers:
+            split.update({p: "test" for p in patients})
+            continue
+        usable = patients
+        n_val = int(round(validation_fraction * len(usable)))
+        val = set(rng.permutation(usable)[:n_val].tolist()) if n_val else set()
+        split.update({p: "val" if p in val else "train" for p in usable})
+    n_train = sum(v == "train" for v in split.values())
+    if n_train < 2:
+        raise UserError(
+            f"segmentation: {n_train} training patient(s) after removing external centres "
+            f"{external_centers} and the validation share ({validation_fraction}); need at least 2"
+        )
+    return split
+
+
+def patient_timepoints(samples: pd.DataFrame, patient: str) -> list[str]:
+    tps = samples.loc[samples["patient_id"] == patient, "timepoint"].tolist()
+    return [BASELINE] + sorted(tp for tp in tps if tp != BASELINE)
+
+
+def scan_paths(results: Path, patient: str, timepoint: str) -> tuple[Path, Path]:
+    """Image and given mask of a scan on the patient's baseline grid."""
+    folder = results / ("preprocessed" if timepoint == BASELINE else "registered") / patient
+    return folder / f"{timepoint}.nii.gz", folder / f"{timepoint}_mask.nii.gz"
+
+
+def pair_cases(
+    results: Path,
+    samples: pd.DataFrame,
+    patients: list[str],
+    clinical: pd.DataFrame | None,
+    with_masks: bool = True,
+) -> list[PairCase]:
+    """(baseline, later timepoint) pairs of `patients`; the first later one carries the outcome."""
+    cases = []
+    clin = clinical.set_index("patient_id") if clinical is not None else None
+    for pid in patients:
+        tps = patient_timepoints(samples, pid)
+        if len(tps) < 2:
+            raise UserError(f"patient {pid}: the network needs a baseline and a later scan")
+        base_img, base_mask = scan_paths(results, pid, BASELINE)
+        outcome = {"response": math.nan, "time": math.nan, "event": math.nan}
+        if clin is not None and pid in clin.index:
+            for key in outcome:
+                value = pd.to_numeric(clin.loc[pid, key], errors="coerce")
+                outcome[key] = float(value) if pd.notna(value) else math.nan
+        for i, tp in enumerate(tps[1:]):
+            img, mask = scan_paths(results, pid, tp)
+            cases.append(
+                PairCase(
+                    pid,
+                    tp,
+                    base_img,
+                    img,
+                    base_mask if with_masks else None,
+                    mask if with_masks else None,
+                    carries_outcome=(i == 0),
+                    **outcome,
+                )  # fmt: skip
+            )
+    return cases
+
+
+def run_training(
+    method: str,
+    seg_config: dict[str, Any],
+    results: Path,
+    samples_path: Path,
+    clinical_path: Path,
+    external_centers: list[str],
+    out_dir: Path,
+    threads: int = 1,
+) -> dict[str, Any]:
+    """Train preset `method` on the training centres' patients."""
+    from deltarad.segment.train import train_network
+
+    preset = preset_for(method, seg_config)
+    samples = io.read_tsv(samples_path)
+    clinical = io.read_tsv(clinical_path)
+    split = split_patients(
+        samples, external_centers, seg_config["validation_fraction"], seg_config["seed"]
+    )
+    train = sorted(p for p, s in split.items() if s == "train")
+    val = sorted(p for p, s in split.items() if s == "val")
+    modality = samples.loc[samples["patient_id"].isin(train), "modality"].mode().iloc[0]
+    meta = train_network(
+        pair_cases(results, samples, train, clinical),
+        pair_cases(results, samples, val, clinical),
+        preset,
+        modality,
+        seg_config,
+        out_dir,
+        device_name=seg_config["device"],
+        seed=seg_config["seed"],
+        threads=threads,
+    )
+    io.write_json(split, out_dir / "splits.json")
+    return meta
+
+
+def run_prediction(
+    model_dir: Path,
+    patient: str,
+    timepoint: str,
+    results: Path,
+    samples_path: Path,
+    out_mask: Path,
+    seg_config: dict[str, Any],
+) -> Path:
+    """One scan's predicted mask on the baseline grid. A later scan is predicted from its pair with
+    the baseline; the baseline from its pair with the first later scan."""
+    from deltarad.segment.infer import predict_mask
+
+    samples = io.read_tsv(samples_path)
+    cases = pair_cases(results, samples, [patient], None, with_masks=False)
+    case = cases[0] if timepoint == BASELINE else next(c for c in cases if c.timepoint == timepoint)
+    return predict_mask(
+        model_dir,
+        case,
+        timepoint == BASELINE,
+        out_mask,
+        seg_config["device"],
+        seg_config["overlap"],
+    )
+
+
+def hd95(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) -> float:
+    """95th-percentile symmetric Hausdorff distance (mm) between mask surfaces, as MONAI computes
+    it (the larger of the two directed 95th percentiles); NaN when either mask is empty."""
+    if not pred.any() or not ref.any():
+        return math.nan
+
+    def surface(m: np.ndarray) -> np.ndarray:
+        return m & ~ndimage.binary_erosion(m, border_value=0)
+
+    sp, sr = surface(pred), surface(ref)
+    to_ref = ndimage.distance_transform_edt(~sr, sampling=spacing)
+    to_pred = ndimage.distance_transform_edt(~sp, sampling=spacing)
+    return float(max(np.percentile(to_ref[sp], 95), np.percentile(to_pred[sr], 95)))
+
+
+def compare_masks(pred_path: Path, ref_path: Path) -> tuple[float, float]:
+    """(Dice, HD95 mm) of a predicted mask against a reference resampled onto its grid."""
+    pred_img = io.read_image(pred_path)
+    ref_img = io.read_image(ref_path)
+    ref_img = sitk.Resample(
+        ref_img, pred_img, sitk.Transform(), sitk.sitkNearestNeighbor, 0, ref_img.GetPixelID()
+    )
+    pred = sitk.GetArrayFromImage(pred_img) > 0
+    ref = sitk.GetArrayFromImage(ref_img) > 0
+    denom = pred.sum() + ref.sum()
+    dice = float(2 * (pred & ref).sum() / denom) if denom else math.nan
+    return dice, hd95(pred, ref, pred_img.GetSpacing()[::-1])
+
+
+def qc_records(named_inputs: dict[str, str]) -> list[dict[str, Any]]:
+    """Pair the QC rule's named inputs `pred__{method}__{patient}__{timepoint}` with
+    `ref__{patient}__{timepoint}`."""
+    records = []
+    for name, path in named_inputs.items():
+        if not name.startswith("pred__"):
+            continue
+        _, method, pid, tp = name.split("__")
+        records.append(
+            {"patient_id": pid, "timepoint": tp, "method": method, "prediction": path,
+             "reference": named_inputs[f"ref__{pid}__{tp}"]}
+        )  # fmt: skip
+    return records
+
+
+def segmentation_qc(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """The QC table from records {patient_id, timepoint, method, prediction, reference}."""
+    rows = []
+    for r in records:
+        dice, dist = compare_masks(Path(r["prediction"]), Path(r["reference"]))
+        rows.append([r["patient_id"], r["timepoint"], r["method"], dice, dist])
+    return pd.DataFrame(rows, columns=SEGMENTATION_QC_COLUMNS)
+
+
+def network_predictions(
+    methods: list[str], results: Path, samples_path: Path, seg_config: dict[str, Any]
+) -> pd.DataFrame:
+    """One row per (patient, network method with outcome heads): the end-to-end response
+    probability and risk score (NA for a head the preset lacks) and the patient's split."""
+    from deltarad.segment.infer import predict_outcomes
+
+    samples = io.read_tsv(samples_path)
+    patients = sorted(samples["patient_id"].unique())
+    cases = [c for c in pair_cases(results, samples, patients, None, False) if c.carries_outcome]
+    frames = []
+    for method in methods:
+        folder = results / "models/segmentation" / method
+        split = json.loads((folder / "splits.json").read_text())
+        df = predict_outcomes(folder, cases, seg_config["device"])
+        df.insert(1, "method", method)
+        df["split"] = df["patient_id"].map(split)
+        frames.append(df)
+    if not frames:
+        return pd.DataFrame(columns=NETWORK_PREDICTION_COLUMNS)
+    out = pd.concat(frames, ignore_index=True)[NETWORK_PREDICTION_COLUMNS]
+    return out.sort_values(["method", "patient_id"]).reset_index(drop=True)

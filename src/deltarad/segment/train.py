@@ -1,0 +1,278 @@
+"""Training of the longitudinal multi-task network, nnU-Net style.
+
+SGD with Nesterov momentum and a poly learning-rate schedule, Dice + CE with deep supervision,
+foreground-oversampled patches, MONAI augmentation, gradient clipping, mixed precision on CUDA.
+Every epoch writes `checkpoint_latest.pt`; a killed job resumes from it. Each epoch re-seeds its
+random streams from (seed, epoch), so a resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from deltarad import io
+from deltarad.runlog import UserError
+from deltarad.segment.data import (
+    LoadedPair,
+    PairCase,
+    augmentation,
+    collate,
+    load_pair,
+    sample_patch,
+    spacing_zyx,
+)
+from deltarad.segment.infer import predict_pair, resolve_device
+from deltarad.segment.losses import cox_loss, deep_supervision_loss, response_loss
+from deltarad.segment.network import LongitudinalNet
+from deltarad.segment.plan import Preset, TopologyPlan, plan_topology
+
+log = logging.getLogger(__name__)
+
+
+def make_plan(
+    cases: list[PairCase], modality: str, network: dict[str, Any], rng: np.random.Generator
+) -> TopologyPlan:
+    """The topology plan from the training pairs' baseline images (shapes, spacing, foreground)."""
+    shapes, foreground, spacing = [], [], None
+    for case in cases:
+        pair = load_pair(case, None, need_masks=True)
+        shapes.append(pair.base.shape)
+        spacing = spacing_zyx(pair.reference)
+        for img, mask in ((pair.base, pair.base_mask), (pair.follow, pair.follow_mask)):
+            values = img[mask > 0]
+            if values.size:
+                foreground.append(rng.choice(values, size=min(values.size, 2000), replace=False))
+    return plan_topology(
+        shapes,
+        spacing,
+        modality,
+        np.concatenate(foreground) if foreground else np.empty(0),
+        max_patch=tuple(network["max_patch"]),
+        base_features=network["base_features"],
+        max_features=network["max_features"],
+        min_feature_map=network["min_feature_map"],
+    )
+
+
+def dice_score(prob: np.ndarray, truth: np.ndarray) -> float:
+    pred = prob >= 0.5
+    ref = truth > 0
+    denom = pred.sum() + ref.sum()
+    return float(2 * (pred & ref).sum() / denom) if denom else 1.0
+
+
+def poly_lr(initial: float, step: int, total: int) -> float:
+    return initial * (1 - step / total) ** 0.9
+
+
+def _settings_hash(data: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _batch_loss(
+    net: LongitudinalNet, batch: dict[str, torch.Tensor], preset: Preset
+) -> tuple[torch.Tensor, dict[str, float]]:
+    out = net(batch["base"], batch["follow"], outcome=preset.outcome)
+    w = preset.loss_weights
+    parts: dict[str, torch.Tensor] = {}
+    if out.seg is not None:
+        parts["segmentation"] = 0.5 * (
+            deep_supervision_loss(out.seg[0], batch["base_seg"])
+            + deep_supervision_loss(out.seg[1], batch["follow_seg"])
+        )
+    if out.outcome is not None:
+        has = batch["carries_outcome"] > 0
+        if "response" in preset.heads:
+            label = torch.where(
+                has, batch["response"], torch.full_like(batch["response"], math.nan)
+            )
+            parts["response"] = response_loss(out.outcome[:, 0].float(), label)
+        if "survival" in preset.heads and has.any():
+            parts["survival"] = cox_loss(
+                out.outcome[has, 1].float(), batch["time"][has], batch["event"][has]
+            )
+    if out.recon is not None:
+        parts["reconstruction"] = 0.5 * sum(
+            torch.nn.functional.mse_loss(r.float(), x)
+            for r, x in zip(out.recon, (batch["base"], batch["follow"]), strict=False)
+        )
+    total = sum(w.get(k, 1.0) * v for k, v in parts.items())
+    return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def train_network(
+    train_cases: list[PairCase],
+    val_cases: list[PairCase],
+    preset: Preset,
+    modality: str,
+    settings: dict[str, Any],
+    out_dir: Path,
+    device_name: str = "auto",
+    seed: int = 0,
+    threads: int = 1,
+) -> dict[str, Any]:
+    """Train one preset; write plan.json, checkpoint_final.pt and training_log.tsv to `out_dir`."""
+    if len({c.patient_id for c in train_cases}) < 2:
+        raise UserError(
+            f"segmentation ({preset.name}): {len(train_cases)} training pair(s) — need at least 2 "
+            "training patients with masks in the training centres"
+        )
+    device = resolve_device(device_name)
+    torch.set_num_threads(threads)
+    tr, net_cfg, aug_cfg = settings["training"], settings["network"], settings["augmentation"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = make_plan(train_cases, modality, net_cfg, np.random.default_rng(seed))
+    pairs = [load_pair(c, plan, need_masks=True) for c in train_cases]
+    val_pairs = [load_pair(c, plan, need_masks=True) for c in val_cases]
+    torch.manual_seed(seed)
+    net = LongitudinalNet(plan, preset, deep_supervision=net_cfg["deep_supervision"])
+    # Channels-last 3-D tensors make CPU convolution backward ~4x faster (oneDNN kernels).
+    net = net.to(device, memory_format=torch.channels_last_3d)
+    opt = torch.optim.SGD(
+        net.parameters(), lr=tr["learning_rate"], momentum=tr["momentum"],
+        weight_decay=tr["weight_decay"], nesterov=True,
+    )  # fmt: skip
+    use_amp = device.type == "cuda" and tr["mixed_precision"]
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    epochs, iters = tr["epochs"], tr["iterations_per_epoch"]
+    fingerprint = _settings_hash(
+        {"settings": settings, "preset": preset.__dict__, "seed": seed,
+         "train": [c.patient_id + c.timepoint for c in train_cases], "plan": plan.to_json()}
+    )  # fmt: skip
+    latest = out_dir / "checkpoint_latest.pt"
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if latest.exists():
+        state = torch.load(latest, map_location=device, weights_only=False)
+        if state.get("fingerprint") == fingerprint:
+            net.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            start_epoch, history = state["epoch"] + 1, state["history"]
+            log.info("resuming %s from epoch %d (%s)", preset.name, start_epoch, latest)
+        else:
+            log.info("ignoring %s: written with other settings or data", latest)
+    patch = np.asarray(plan.patch_size)
+    log.info(
+        "%s: %d training pairs, %d validation pairs, patch %s, features %s, %d parameters, %s",
+        preset.name, len(pairs), len(val_pairs), plan.patch_size, plan.features,
+        sum(p.numel() for p in net.parameters()), device,
+    )  # fmt: skip
+    for epoch in range(start_epoch, epochs):
+        rng = np.random.default_rng([seed, epoch])
+        torch.manual_seed(seed * 10_000 + epoch)
+        aug = augmentation(aug_cfg, seed=(seed + epoch) % 2**31, with_masks=True)
+        net.train()
+        t0, sums = time.perf_counter(), {}
+        bar = tqdm(range(iters), desc=f"{preset.name} epoch {epoch + 1}/{epochs}", mininterval=5)
+        for it in bar:
+            step = epoch * iters + it
+            for group in opt.param_groups:
+                group["lr"] = poly_lr(tr["learning_rate"], step, epochs * iters)
+            chosen = rng.choice(
+                len(pairs), size=tr["batch_size"], replace=len(pairs) < tr["batch_size"]
+            )
+            batch = _make_batch(
+                [pairs[i] for i in chosen], patch, rng, tr["foreground_oversampling"], aug, device
+            )
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                loss, parts = _batch_loss(net, batch, preset)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
+            scaler.step(opt)
+            scaler.update()
+            for k, v in {"loss": float(loss.detach()), **parts}.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        row = {"epoch": epoch + 1, **{k: v / iters for k, v in sums.items()}}
+        row["val_dice"] = (
+            validation_dice(net, plan, val_pairs, device) if preset.segments else math.nan
+        )
+        row["lr"] = opt.param_groups[0]["lr"]
+        row["seconds"] = round(time.perf_counter() - t0, 2)
+        history.append(row)
+        log.info(
+            "epoch %d/%d loss %.4f val_dice %.4f (%.1f s)",
+            epoch + 1,
+            epochs,
+            row["loss"],
+            row["val_dice"],
+            row["seconds"],
+        )
+        with io.atomic_path(latest) as tmp:
+            state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch}
+            state.update(scaler=scaler.state_dict(), history=history, fingerprint=fingerprint)
+            torch.save(state, tmp)
+    return _finish(net, plan, preset, settings, seed, history, train_cases, val_cases, out_dir)
+
+
+def _make_batch(
+    chosen: list[LoadedPair], patch: np.ndarray, rng: np.random.Generator, fg: float, aug, device
+) -> dict[str, torch.Tensor]:
+    samples = [aug(sample_patch(p, patch, rng, fg)) for p in chosen]
+    arrays = collate([{k: np.asarray(v) for k, v in s.items()} for s in samples])
+    batch = {
+        k: torch.from_numpy(v).to(device, memory_format=torch.channels_last_3d)
+        for k, v in arrays.items()
+    }
+    for key in ("base_seg", "follow_seg"):
+        batch[key] = (batch[key] > 0.5).float()
+    for key in ("response", "time", "event"):
+        batch[key] = torch.tensor(
+            [getattr(p.case, key) for p in chosen], dtype=torch.float32, device=device
+        )
+    batch["carries_outcome"] = torch.tensor(
+        [float(p.case.carries_outcome) for p in chosen], device=device
+    )
+    return batch
+
+
+def validation_dice(
+    net: LongitudinalNet, plan: TopologyPlan, pairs: list[LoadedPair], device
+) -> float:
+    """Mean Dice over both timepoints of the validation pairs (NaN without validation pairs)."""
+    if not pairs:
+        return math.nan
+    net.eval()
+    scores = []
+    for pair in pairs:
+        pred = predict_pair(net, plan, pair, device)
+        scores += [
+            dice_score(pred.base_prob, pair.base_mask),
+            dice_score(pred.follow_prob, pair.follow_mask),
+        ]
+    net.train()
+    return float(np.mean(scores))
+
+
+def _finish(
+    net, plan, preset, settings, seed, history, train_cases, val_cases, out_dir
+) -> dict[str, Any]:
+    with io.atomic_path(out_dir / "checkpoint_final.pt") as tmp:
+        torch.save({"model": net.state_dict()}, tmp)
+    meta = {
+        "topology": plan.to_json(),
+        "preset": {"name": preset.name, "heads": list(preset.heads), "fusion": preset.fusion,
+                   "outcome_scales": preset.outcome_scales, "loss_weights": preset.loss_weights},
+        "settings": settings,
+        "seed": seed,
+        "train_patients": sorted({c.patient_id for c in train_cases}),
+        "validation_patients": sorted({c.patient_id for c in val_cases}),
+        "torch": torch.__version__,
+    }  # fmt: skip
+    io.write_json(meta, out_dir / "plan.json")
+    io.write_table(pd.DataFrame(history), out_dir / "training_log.tsv")
+    return meta

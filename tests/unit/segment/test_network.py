@@ -1,0 +1,253 @@
+"""DeltaRad's multi-task network: losses against references, Siamese weight sharing, training,
+resume, inference outputs, and clear errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+import torch
+
+from deltarad import io
+from deltarad.runlog import UserError
+from deltarad.segment.data import PairCase
+from deltarad.segment.infer import predict_mask, resolve_device
+from deltarad.segment.losses import cox_loss, partial_log_likelihood
+from deltarad.segment.network import LongitudinalNet
+from deltarad.segment.plan import Preset, plan_topology
+from deltarad.segment.stage import hd95, split_patients
+from deltarad.segment.train import train_network
+
+SETTINGS = {
+    "training": {
+        "epochs": 4,
+        "iterations_per_epoch": 4,
+        "batch_size": 2,
+        "learning_rate": 0.01,
+        "momentum": 0.9,
+        "weight_decay": 3e-5,
+        "mixed_precision": False,
+        "foreground_oversampling": 0.5,
+    },
+    "network": {
+        "max_patch": [16, 16, 16],
+        "base_features": 4,
+        "max_features": 16,
+        "min_feature_map": 4,
+        "deep_supervision": 2,
+    },
+    "augmentation": {
+        "affine_prob": 0.0,
+        "rotate_deg": 0,
+        "scale": 0,
+        "flip_prob": 0.5,
+        "noise_prob": 0.1,
+        "noise_std": 0.05,
+        "intensity_prob": 0.1,
+        "intensity_scale": 0.1,
+        "gamma_prob": 0.0,
+    },
+}
+SEG_OUTCOME = Preset("multi", ("segmentation", "response", "survival"), "both", 2, {})
+
+
+# ---- losses -----------------------------------------------------------------------------------
+
+
+def test_cox_loss_equals_lifelines_partial_likelihood_with_ties_and_censoring():
+    lifelines = pytest.importorskip("lifelines")
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=40)
+    time = np.round(rng.exponential(np.exp(-0.8 * x)) * 4) + 1  # rounded: many tied times
+    event = (rng.random(40) < 0.7).astype(float)
+    assert pd.Series(time[event > 0]).duplicated().any()  # the example has tied event times
+    df = pd.DataFrame({"x": x, "time": time, "event": event})
+    cph = lifelines.CoxPHFitter().fit(df, "time", "event")  # Efron ties, unpenalised
+    beta = float(cph.params_["x"])
+    ours = partial_log_likelihood(beta * x, time, event)
+    assert ours == pytest.approx(cph.log_likelihood_, rel=1e-7)
+    # Shifting all risks leaves a partial likelihood unchanged.
+    assert partial_log_likelihood(beta * x + 5.0, time, event) == pytest.approx(ours, rel=1e-9)
+
+
+def test_cox_loss_without_events_is_zero_and_differentiable():
+    risk = torch.zeros(3, requires_grad=True)
+    loss = cox_loss(risk, torch.tensor([1.0, 2.0, 3.0]), torch.zeros(3))
+    loss.backward()
+    assert float(loss.detach()) == 0.0
+
+
+# ---- network ----------------------------------------------------------------------------------
+
+
+def small_plan():
+    return plan_topology([(16, 16, 16)], (2.0, 2.0, 2.0), "MR", np.empty(0), (16, 16, 16), 4, 16)
+
+
+def test_plan_follows_nnunet_rules_on_anisotropic_spacing():
+    plan = plan_topology(
+        [(20, 64, 64), (24, 60, 60)], (5.0, 1.0, 1.0), "CT", np.arange(100.0), (32, 64, 64), 8, 64
+    )
+    assert plan.strides[1] == [1, 2, 2]  # the 5 mm axis is not pooled until in-plane catches up
+    assert plan.kernels[0] == [1, 3, 3]
+    assert all(p % d == 0 for p, d in zip(plan.patch_size, plan.divisor, strict=False))
+    assert plan.features == sorted(plan.features) and max(plan.features) <= 64
+    assert plan.normalization["scheme"] == "ct"
+
+
+def test_siamese_encoder_shares_weights():
+    torch.manual_seed(0)
+    net = LongitudinalNet(small_plan(), SEG_OUTCOME).eval()
+    names = [n for n, _ in net.named_parameters()]
+    assert not any("follow" in n or "base" in n for n in names)  # one encoder, not two
+    a, b = torch.randn(1, 1, 16, 16, 16), torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        ab, ba = net(a, b), net(b, a)
+    # Swapping the timepoints swaps the per-timepoint segmentations exactly.
+    assert torch.allclose(ab.seg[0][0], ba.seg[1][0], atol=1e-5)
+    assert torch.allclose(ab.seg[1][0], ba.seg[0][0], atol=1e-5)
+    # Both timepoints' losses reach the same encoder weights.
+    out = net.train()(a, b)
+    out.seg[1][0].sum().backward()
+    assert net.encoder.stages[0][0].weight.grad.abs().sum() > 0
+
+
+# ---- training and inference on small synthetic pairs --------------------------------------------
+
+
+def blob_pair(root, pid, rng, radius):
+    """A bright sphere on noise at baseline, a smaller one at follow-up (same grid)."""
+    grid = np.indices((16, 16, 16)).astype(float)
+    centre = rng.uniform(6, 10, size=3)
+    paths = {}
+    for tp, r in (("baseline", radius), ("followup", radius * 0.7)):
+        dist = np.sqrt(((grid - centre[:, None, None, None]) ** 2).sum(0))
+        mask = (dist <= r).astype(np.uint8)
+        image = 100.0 * mask + rng.normal(0, 15, mask.shape)
+        for kind, arr in (("image", image.astype(np.float32)), ("mask", mask)):
+            img = sitk.GetImageFromArray(arr)
+            img.SetSpacing((2.0, 2.0, 2.0))
+            paths[(tp, kind)] = io.write_image(img, root / pid / f"{tp}_{kind}.nii.gz")
+    return paths
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pairs")
+    rng = np.random.default_rng(7)
+    cases = []
+    for i in range(5):
+        p = blob_pair(root, f"P{i}", rng, radius=rng.uniform(3.5, 5))
+        cases.append(
+            PairCase(
+                f"P{i}",
+                "followup",
+                p[("baseline", "image")],
+                p[("followup", "image")],
+                p[("baseline", "mask")],
+                p[("followup", "mask")],
+                response=float(i % 2),
+                time=float(10 + i),
+                event=float(i % 3 != 0),
+            )  # fmt: skip
+        )
+    return cases
+
+
+@pytest.fixture(scope="module")
+def trained(pairs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("model")
+    train_network(pairs[:4], pairs[4:], SEG_OUTCOME, "MR", SETTINGS, out, "cpu", seed=1)
+    return out
+
+
+def test_training_reduces_the_loss_and_writes_model_files(trained):
+    history = pd.read_csv(trained / "training_log.tsv", sep="\t")
+    assert len(history) == SETTINGS["training"]["epochs"]
+    assert history["loss"].iloc[-1] < history["loss"].iloc[0]
+    assert history["val_dice"].notna().all()
+    for name in ("plan.json", "checkpoint_final.pt", "checkpoint_latest.pt"):
+        assert (trained / name).exists()
+
+
+def test_predicted_mask_is_binary_on_the_input_grid(trained, pairs, tmp_path):
+    case = pairs[4]
+    out = predict_mask(trained, case, False, tmp_path / "f.nii.gz", "cpu")
+    mask, image = io.read_image(out), io.read_image(case.follow_image)
+    assert set(np.unique(sitk.GetArrayFromImage(mask))) <= {0, 1}
+    assert mask.GetSize() == image.GetSize() and mask.GetSpacing() == image.GetSpacing()
+    assert mask.GetOrigin() == image.GetOrigin() and mask.GetDirection() == image.GetDirection()
+
+
+def test_killed_training_resumes_where_it_stopped(pairs, tmp_path, monkeypatch):
+    import deltarad.segment.train as train_mod
+
+    settings = {**SETTINGS, "training": {**SETTINGS["training"], "epochs": 3}}
+    calls = {"n": 0}
+    real = train_mod.validation_dice
+
+    def die_after_two_epochs(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # stands in for SIGKILL during epoch 3
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "validation_dice", die_after_two_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        train_network(
+            pairs[:4], pairs[4:], SEG_OUTCOME, "MR", settings, tmp_path / "k", "cpu", seed=3
+        )
+    assert not (tmp_path / "k/checkpoint_final.pt").exists()  # nothing looks complete
+    monkeypatch.setattr(train_mod, "validation_dice", real)
+    train_network(pairs[:4], pairs[4:], SEG_OUTCOME, "MR", settings, tmp_path / "k", "cpu", seed=3)
+    train_network(pairs[:4], pairs[4:], SEG_OUTCOME, "MR", settings, tmp_path / "u", "cpu", seed=3)
+    resumed = pd.read_csv(tmp_path / "k/training_log.tsv", sep="\t")
+    straight = pd.read_csv(tmp_path / "u/training_log.tsv", sep="\t")
+    assert list(resumed["epoch"]) == [1, 2, 3]
+    pd.testing.assert_frame_equal(resumed.drop(columns="seconds"), straight.drop(columns="seconds"))
+
+
+# ---- errors ------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_gpu_is_a_clear_error():
+    with pytest.raises(UserError, match="'cuda' but torch sees no GPU"):
+        resolve_device("cuda")
+
+
+def test_too_few_training_patients_is_a_clear_error(pairs, tmp_path):
+    with pytest.raises(UserError, match="need at least 2"):
+        train_network(pairs[:1], [], SEG_OUTCOME, "MR", SETTINGS, tmp_path, "cpu")
+    samples = pd.DataFrame({"patient_id": ["A", "B", "C"], "center": ["C1", "C1", "C2"]})
+    with pytest.raises(UserError, match="1 training patient"):
+        split_patients(samples, ["C2"], 0.5, 0)
+
+
+def test_split_keeps_patients_whole_and_external_centres_out():
+    samples = pd.DataFrame(
+        {"patient_id": [f"P{i}" for i in range(12) for _ in (0, 1)],
+         "center": [f"C{i % 3}" for i in range(12) for _ in (0, 1)]}
+    )  # fmt: skip
+    split = split_patients(samples, ["C2"], 0.25, 0)
+    assert {p for p, s in split.items() if s == "test"} == {f"P{i}" for i in range(2, 12, 3)}
+    assert sum(s == "val" for s in split.values()) == 2  # one per training centre
+    assert split == split_patients(samples, ["C2"], 0.25, 0)  # seeded
+
+
+def test_hd95_matches_monai():
+    monai_metrics = pytest.importorskip("monai.metrics")
+    a = np.zeros((20, 20, 20), bool)
+    b = np.zeros_like(a)
+    a[5:12, 5:12, 5:12] = True
+    b[6:14, 5:12, 4:12] = True
+    spacing = (2.0, 1.0, 1.0)
+    ref = monai_metrics.compute_hausdorff_distance(
+        torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None],
+        percentile=95, spacing=spacing,
+    )  # fmt: skip
+    assert hd95(a, b, spacing) == pytest.approx(float(ref), rel=1e-6)
+    assert math.isnan(hd95(a, np.zeros_like(a), spacing))
