@@ -178,3 +178,81 @@ def normalize(array: np.ndarray, plan: TopologyPlan) -> np.ndarray:
         clipped = np.clip(array, norm["clip_low"], norm["clip_high"])
         return ((clipped - norm["mean"]) / norm["std"]).astype(np.float32)
     return ((array - array.mean()) / max(float(array.std()), 1e-6)).astype(np.float32)
+
+
+def topology_from_nnunet_plans(
+    plans: dict[str, Any],
+    configuration: str = "3d_fullres",
+    intensity_properties: dict[str, Any] | None = None,
+    modality: str | None = None,
+) -> TopologyPlan:
+    """Our topology from an nnU-Net v2 plans dict (``nnUNetPlans.json`` / a model's plans.json).
+
+    Lets our network be trained on exactly nnU-Net's plan (patch, strides, kernels, widths,
+    normalisation), e.g. to compare the two trainers on equal footing. nnU-Net stores per-axis
+    values after its ``transpose_forward``; they are put back into the images' (z, y, x) order.
+    `intensity_properties`: a dataset fingerprint, or its
+    ``foreground_intensity_properties_per_channel`` block (default: the copy inside `plans`);
+    needed for CT normalisation. `modality` defaults to CT for ``CTNormalization``, else MR.
+    Only what our network can express is accepted: one 3-D input channel, two convolutions per
+    stage, and CT or per-image z-score normalisation without nnU-Net's nonzero mask.
+    """
+    where = f"nnU-Net plans {plans.get('plans_name', '?')} / {configuration}"
+    configs = plans.get("configurations", {})
+    if configuration not in configs:
+        raise UserError(f"{where}: no such configuration; available: {sorted(configs)}")
+    config, seen = dict(configs[configuration]), [configuration]
+    while "inherits_from" in config:  # nnU-Net's configuration inheritance (child keys win)
+        parent = config.pop("inherits_from")
+        if parent in seen or parent not in configs:
+            raise UserError(f"{where}: broken 'inherits_from' chain {seen + [parent]}")
+        seen.append(parent)
+        config = {**configs[parent], **config}
+    arch = config.get("architecture", {}).get("arch_kwargs")
+    if arch is None:
+        raise UserError(f"{where}: no architecture.arch_kwargs (plans from nnU-Net < 2.4?)")
+    kernels, strides = arch["kernel_sizes"], arch["strides"]
+    if len(config["patch_size"]) != 3 or any(len(k) != 3 for k in kernels):
+        raise UserError(f"{where}: only 3-D configurations can be converted")
+    for key in ("n_conv_per_stage", "n_conv_per_stage_decoder"):
+        if any(int(n) != 2 for n in arch.get(key, [2])):
+            raise UserError(f"{where}: {key}={arch[key]}; our network has 2 convs per stage")
+    schemes, masked = config["normalization_schemes"], config.get("use_mask_for_norm", [False])
+    if len(schemes) != 1:
+        raise UserError(f"{where}: {len(schemes)} input channels; our network takes one")
+    if any(masked):
+        raise UserError(f"{where}: use_mask_for_norm is set; we z-score the whole image")
+    back = np.argsort(plans.get("transpose_forward", [0, 1, 2]))
+
+    def zyx(values: list) -> list:
+        return [values[int(b)] for b in back]
+
+    normalization: dict[str, float | str]
+    if schemes[0] == "CTNormalization":
+        props = intensity_properties or plans.get("foreground_intensity_properties_per_channel")
+        props = (props or {}).get("foreground_intensity_properties_per_channel", props) or {}
+        channel = props.get("0", props)
+        try:
+            normalization = {
+                "scheme": "ct",
+                "clip_low": float(channel["percentile_00_5"]),
+                "clip_high": float(channel["percentile_99_5"]),
+                "mean": float(channel["mean"]),
+                "std": float(max(channel["std"], 1e-8)),
+            }
+        except KeyError as err:
+            raise UserError(f"{where}: CT normalisation needs intensity property {err}") from None
+    elif schemes[0] == "ZScoreNormalization":
+        normalization = {"scheme": "zscore"}
+    else:
+        raise UserError(f"{where}: normalisation {schemes[0]} is not supported (CT or z-score)")
+    return TopologyPlan(
+        patch_size=[int(p) for p in zyx(config["patch_size"])],
+        spacing=[float(s) for s in zyx(config["spacing"])],
+        strides=[[int(s) for s in zyx(list(st))] for st in strides],
+        kernels=[[int(k) for k in zyx(list(kn))] for kn in kernels],
+        features=[int(f) for f in arch["features_per_stage"]],
+        median_shape=[int(m) for m in zyx(config["median_image_size_in_voxels"])],
+        modality=modality or ("CT" if schemes[0] == "CTNormalization" else "MR"),
+        normalization=normalization,
+    )

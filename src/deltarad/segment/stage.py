@@ -114,8 +114,10 @@ def run_training(
     external_centers: list[str],
     out_dir: Path,
     threads: int = 1,
+    device: str = "auto",
 ) -> dict[str, Any]:
-    """Train preset `method` on the training centres' patients."""
+    """Train preset `method` on the training centres' patients. `seg_config` holds what training
+    depends on (seed, validation_fraction, training, network, augmentation, presets)."""
     from deltarad.segment.train import train_network
 
     preset = preset_for(method, seg_config)
@@ -134,7 +136,7 @@ def run_training(
         modality,
         seg_config,
         out_dir,
-        device_name=seg_config["device"],
+        device_name=device,
         seed=seg_config["seed"],
         threads=threads,
     )
@@ -149,7 +151,8 @@ def run_prediction(
     results: Path,
     samples_path: Path,
     out_mask: Path,
-    seg_config: dict[str, Any],
+    overlap: float = 0.5,
+    device: str = "auto",
 ) -> Path:
     """One scan's predicted mask on the baseline grid. A later scan is predicted from its pair with
     the baseline; the baseline from its pair with the first later scan."""
@@ -163,8 +166,8 @@ def run_prediction(
         case,
         timepoint == BASELINE,
         out_mask,
-        seg_config["device"],
-        seg_config["overlap"],
+        device,
+        overlap,
     )
 
 
@@ -222,7 +225,7 @@ def segmentation_qc(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def network_predictions(
-    methods: list[str], results: Path, samples_path: Path, seg_config: dict[str, Any]
+    methods: list[str], results: Path, samples_path: Path, device: str = "auto"
 ) -> pd.DataFrame:
     """One row per (patient, network method with outcome heads): the end-to-end response
     probability and risk score (NA for a head the preset lacks) and the patient's split."""
@@ -235,7 +238,7 @@ def network_predictions(
     for method in methods:
         folder = results / "models/segmentation" / method
         split = json.loads((folder / "splits.json").read_text())
-        df = predict_outcomes(folder, cases, seg_config["device"])
+        df = predict_outcomes(folder, cases, device)
         df.insert(1, "method", method)
         df["split"] = df["patient_id"].map(split)
         frames.append(df)

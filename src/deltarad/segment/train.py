@@ -121,18 +121,24 @@ def train_network(
     device_name: str = "auto",
     seed: int = 0,
     threads: int = 1,
+    plan: TopologyPlan | None = None,
 ) -> dict[str, Any]:
-    """Train one preset; write plan.json, checkpoint_final.pt and training_log.tsv to `out_dir`."""
-    if len({c.patient_id for c in train_cases}) < 2:
+    """Train one preset; write plan.json, checkpoint_final.pt and training_log.tsv to `out_dir`.
+
+    `plan`: a given topology (e.g. converted from nnU-Net's plans) instead of planning one here.
+    """
+    n_patients = len({c.patient_id for c in train_cases})
+    if n_patients < 2:
         raise UserError(
-            f"segmentation ({preset.name}): {len(train_cases)} training pair(s) — need at least 2 "
+            f"segmentation ({preset.name}): {n_patients} training patient(s) — need at least 2 "
             "training patients with masks in the training centres"
         )
     device = resolve_device(device_name)
     torch.set_num_threads(threads)
     tr, net_cfg, aug_cfg = settings["training"], settings["network"], settings["augmentation"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    plan = make_plan(train_cases, modality, net_cfg, np.random.default_rng(seed))
+    if plan is None:
+        plan = make_plan(train_cases, modality, net_cfg, np.random.default_rng(seed))
     pairs = [load_pair(c, plan, need_masks=True) for c in train_cases]
     val_pairs = [load_pair(c, plan, need_masks=True) for c in val_cases]
     torch.manual_seed(seed)
