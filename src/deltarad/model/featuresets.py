@@ -1,0 +1,123 @@
+"""Feature sets: which columns of features.parquet and the clinical sheet a model sees.
+
+A set selects imaging columns ``{timepoint}__{region}__{source}__{feature}`` by shell-style
+patterns per name part (``ring*``, ``*``) and clinical covariates by name; a set with both is a
+combined clinical + imaging model. QC flag columns (source ``qc``) are never features.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from deltarad.model.harmonize import BATCH_COLUMN
+from deltarad.runlog import UserError
+
+log = logging.getLogger(__name__)
+SEP = "__"
+
+
+class EmptyFeatureSet(UserError):
+    """A feature set selects no column; the set is skipped with this message."""
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    name: str
+    clinical: tuple[str, ...] = ()
+    timepoints: tuple[str, ...] = ()
+    regions: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+    features: tuple[str, ...] = ("*",)
+
+    @classmethod
+    def from_config(cls, block: Mapping[str, Any]) -> FeatureSet:
+        def tup(key: str, default: Iterable[str] = ()) -> tuple[str, ...]:
+            return tuple(str(v) for v in block.get(key, default))
+
+        return cls(
+            name=str(block["name"]),
+            clinical=tup("clinical"),
+            timepoints=tup("timepoints"),
+            regions=tup("regions", ["*"] if block.get("timepoints") else []),
+            sources=tup("sources", ["*"] if block.get("timepoints") else []),
+            features=tup("features", ["*"]),
+        )
+
+    @property
+    def uses_imaging(self) -> bool:
+        return bool(self.timepoints)
+
+    def imaging_columns(self, columns: Iterable[str]) -> list[str]:
+        """Feature columns whose name parts match this set's patterns, in table order."""
+        if not self.uses_imaging:
+            return []
+        out = []
+        for col in columns:
+            parts = col.split(SEP)
+            if len(parts) != 4 or parts[2] == "qc":
+                continue
+            tp, region, source, feat = parts
+            if (
+                any(fnmatchcase(tp, p) for p in self.timepoints)
+                and any(fnmatchcase(region, p) for p in self.regions)
+                and any(fnmatchcase(source, p) for p in self.sources)
+                and any(fnmatchcase(feat, p) for p in self.features)
+            ):
+                out.append(col)
+        return out
+
+
+def encode_clinical(clinical: pd.DataFrame, names: Iterable[str]) -> pd.DataFrame:
+    """Covariates as numbers: numeric columns as they are, text columns one-hot (first level
+    dropped, levels sorted). Indexed by patient_id. Encoding learns nothing from outcomes."""
+    frame = clinical.set_index("patient_id")
+    out = {}
+    for name in names:
+        if name not in frame.columns:
+            raise UserError(
+                f"config key 'models.feature_sets': clinical covariate '{name}' is not a column "
+                f"of the clinical sheet (columns: {sorted(frame.columns)})"
+            )
+        values = pd.to_numeric(frame[name], errors="coerce")
+        text = frame[name].dropna()
+        if values.notna().sum() == text.size:
+            out[name] = values.astype(float)
+            continue
+        levels = sorted(text.astype(str).unique())
+        for level in levels[1:]:
+            col = frame[name].astype(str).eq(level).astype(float)
+            out[f"{name}_{level}"] = col.where(frame[name].notna(), np.nan)
+    return pd.DataFrame(out, index=frame.index)
+
+
+def design(
+    fs: FeatureSet, features: pd.DataFrame, clinical: pd.DataFrame, centers: pd.Series
+) -> pd.DataFrame:
+    """The model input of a feature set: one row per patient (index patient_id), the selected
+    columns plus the centre column ComBat needs. Raises :class:`EmptyFeatureSet` with the reason
+    when nothing is selected."""
+    table = features.set_index("patient_id") if "patient_id" in features.columns else features
+    cols = fs.imaging_columns(table.columns)
+    if fs.uses_imaging and not cols:
+        sources = sorted({c.split(SEP)[2] for c in table.columns if c.count(SEP) == 3} - {"qc"})
+        raise EmptyFeatureSet(
+            f"feature set '{fs.name}': no column of features.parquet matches timepoints "
+            f"{list(fs.timepoints)}, regions {list(fs.regions)}, sources {list(fs.sources)}, "
+            f"features {list(fs.features)} (sources present: {sources}); skipped"
+        )
+    parts = [table[cols].astype(float)] if cols else []
+    if fs.clinical:
+        parts.append(encode_clinical(clinical, fs.clinical))
+    if not parts:
+        raise EmptyFeatureSet(f"feature set '{fs.name}': selects neither imaging nor clinical")
+    X = pd.concat(parts, axis=1, join="inner") if len(parts) > 1 else parts[0]
+    X = X.loc[X.index.intersection(centers.index)]
+    X[BATCH_COLUMN] = centers.loc[X.index].astype(str).to_numpy()
+    return X

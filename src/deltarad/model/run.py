@@ -1,0 +1,467 @@
+"""The model stage: every endpoint x feature set x model x evaluation, and the tables it writes.
+
+Entry point of the Snakemake rule ``models`` (workflow/rules/model.smk): :func:`run_models`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
+
+from deltarad import io
+from deltarad.model import evaluate, summaries, survival
+from deltarad.model import response as response_models
+from deltarad.model.featuresets import EmptyFeatureSet, FeatureSet, design
+from deltarad.model.stats import surv_array, weighted_times
+from deltarad.model.validation import ModelSettings, Split, fit_split, make_splits, oracle_cutoff
+from deltarad.runlog import UserError
+
+log = logging.getLogger(__name__)
+PREDICTION_COLUMNS = [
+    "patient_id",
+    "endpoint",
+    "model",
+    "feature_set",
+    "evaluation",
+    "score",
+    "center",
+    "fold",
+    "response",
+    "time",
+    "event",
+    "risk_group",
+    "threshold",
+]
+NETWORK_COLUMNS = ["patient_id", "method", "response_probability", "risk_score", "split"]
+ORACLE = "oracle"
+
+
+@dataclass(frozen=True)
+class Outputs:
+    metrics: Path
+    predictions: Path
+    td_auc: Path
+    hazard_ratios: Path
+    coefficients: Path
+    harmonization_check: Path
+    harmonization_embedding: Path
+    delong: Path
+    models: Path  # {models}/{endpoint}/{feature_set}/{model}.joblib
+
+    @classmethod
+    def from_mapping(cls, paths: Mapping[str, Any]) -> Outputs:
+        return cls(**{k: Path(paths[k]) for k in cls.__dataclass_fields__})
+
+    def model_path(self, endpoint: str, feature_set: str, model: str) -> Path:
+        return self.models / endpoint / feature_set / f"{model}.joblib"
+
+
+@dataclass
+class Cohort:
+    """Patients with features, clinical data and a centre."""
+
+    features: pd.DataFrame
+    clinical: pd.DataFrame
+    centers: pd.Series
+
+    @classmethod
+    def load(cls, features: str | Path, clinical: str | Path, samples: str | Path) -> Cohort:
+        feats = pd.read_parquet(features)
+        if "patient_id" not in feats.columns:
+            feats = feats.reset_index().rename(columns={"index": "patient_id"})
+        clin = io.read_tsv(clinical)
+        centers = io.read_tsv(samples).groupby("patient_id")["center"].first()
+        ids = sorted(set(feats["patient_id"]) & set(clin["patient_id"]) & set(centers.index))
+        missing = sorted(set(clin["patient_id"]) - set(ids))
+        if missing:
+            log.info(
+                "%d patient(s) without features (dropped by QC or not extracted): %s",
+                len(missing),
+                ", ".join(missing[:20]),
+            )
+        return cls(
+            feats[feats["patient_id"].isin(ids)].reset_index(drop=True),
+            clin[clin["patient_id"].isin(ids)].reset_index(drop=True),
+            centers.loc[ids],
+        )
+
+    def labels(self, endpoint: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(patient ids, y, strata) of the patients with this endpoint known."""
+        c = self.clinical.set_index("patient_id")
+        if endpoint == "response":
+            r = pd.to_numeric(c["response"], errors="coerce").dropna()
+            return r.index.to_numpy(str), r.to_numpy(int), r.to_numpy(int)
+        t = pd.to_numeric(c["time"], errors="coerce")
+        e = pd.to_numeric(c["event"], errors="coerce")
+        ok = t.notna() & e.notna()
+        y = surv_array(t[ok], e[ok])
+        return ok.index[ok].to_numpy(str), y, y["event"].astype(int)
+
+
+def _ibs_grid(test_t: np.ndarray, train_t: np.ndarray) -> np.ndarray:
+    if len(test_t) < 2:
+        return np.array([])
+    grid = np.unique(np.quantile(test_t, np.linspace(0.1, 0.8, 12)))
+    return grid[(grid >= test_t.min()) & (grid < min(test_t.max(), train_t.max()))]
+
+
+def _evaluations(splits: Sequence[Split], centers: np.ndarray) -> dict[str, tuple]:
+    """evaluation -> (test positions, training positions) for metrics needing training data."""
+    out: dict[str, tuple] = {}
+    nested = [s for s in splits if s.evaluation == "nested_cv"]
+    if nested:
+        out["nested_cv"] = (
+            np.concatenate([s.test for s in nested]),
+            np.union1d(nested[0].train, nested[0].test),
+        )
+    for s in splits:
+        if s.evaluation == "external":
+            for c in sorted(set(centers[s.test])):
+                out[f"external:{c}"] = (s.test[centers[s.test] == c], s.train)
+        elif s.evaluation != "nested_cv":
+            out[s.evaluation] = (s.test, s.train)
+    return out
+
+
+def _label(split: Split, center: str) -> str:
+    return f"external:{center}" if split.evaluation == "external" else split.evaluation
+
+
+class Recorder:
+    """Collects prediction rows and survival curves across the stage."""
+
+    def __init__(self, ids: np.ndarray, y: np.ndarray, centers: np.ndarray, endpoint: str):
+        self.ids, self.y, self.centers, self.endpoint = ids, y, centers, endpoint
+        self.rows: list[dict] = []
+        self.curves: dict[tuple, pd.DataFrame] = {}  # (model, feature set, evaluation) -> S(t)
+
+    def add(
+        self,
+        model: str,
+        fs: str,
+        split: Split,
+        pos: np.ndarray,
+        score: np.ndarray,
+        threshold: float,
+    ) -> None:
+        for p, s in zip(pos, score, strict=True):
+            row = {
+                "patient_id": self.ids[p],
+                "endpoint": self.endpoint,
+                "model": model,
+                "feature_set": fs,
+                "evaluation": _label(split, self.centers[p]),
+                "score": float(s),
+                "center": self.centers[p],
+                "fold": split.fold,
+                "threshold": threshold,
+            }
+            if self.endpoint == "response":
+                row |= {"response": int(self.y[p]), "risk_group": None}
+            else:
+                group = (
+                    None if not math.isfinite(threshold) else ("high" if s > threshold else "low")
+                )
+                row |= {
+                    "time": float(self.y[p]["time"]),
+                    "event": int(self.y[p]["event"]),
+                    "risk_group": group,
+                }
+            self.rows.append(row)
+
+
+def run_models(
+    features: str | Path,
+    clinical: str | Path,
+    samples: str | Path,
+    outputs: Mapping[str, Any],
+    config: Mapping[str, Any],
+    latent: str | Path | None = None,
+    network: str | Path | None = None,
+    threads: int = 1,
+) -> pd.DataFrame:
+    """Fit, validate and summarise every configured model; write the stage's tables.
+
+    ``threads`` feature sets are fitted at a time (results do not depend on it)."""
+    start = time.perf_counter()
+    out = Outputs.from_mapping(outputs)
+    block = config.get("models", {})
+    settings = ModelSettings.from_config(block)
+    external = list(config.get("study", {}).get("external_centers", []))
+    sets = [FeatureSet.from_config(b) for b in block.get("feature_sets", [])]
+    methods = list((config.get("segmentation") or {}).get("methods") or [])
+    cohort = Cohort.load(features, clinical, samples)
+    oracle = io.read_tsv(latent).set_index("patient_id") if latent else None
+    net = _read_network(network, methods)
+    log.info(
+        "%d patients, centres %s, external %s; feature sets %s",
+        len(cohort.centers),
+        sorted(set(cohort.centers)),
+        external,
+        [s.name for s in sets],
+    )
+    predictions, metric_rows, td_rows, coef, hrs = [], [], [], [], []
+    for endpoint in settings.endpoints:
+        ids, y, strata = cohort.labels(endpoint)
+        if len(ids) < 4:
+            log.warning("%s: only %d patients with this endpoint; skipped", endpoint, len(ids))
+            continue
+        centers = cohort.centers.loc[ids].to_numpy(str)
+        splits = make_splits(centers, strata, external, settings)
+        rec = Recorder(ids, y, centers, endpoint)
+        if oracle is not None:
+            column = "response_probability" if endpoint == "response" else "latent_risk"
+            truth = pd.to_numeric(oracle.loc[ids, column]).to_numpy(float)
+            for s in splits:
+                cut = oracle_cutoff(endpoint, settings, y[s.train], truth[s.train])
+                rec.add(ORACLE, ORACLE, s, s.test, truth[s.test], cut)
+        tasks = []
+        for fs in sets:
+            try:
+                X = design(fs, cohort.features, cohort.clinical, cohort.centers).loc[ids]
+            except EmptyFeatureSet as err:
+                log.warning("%s: %s", endpoint, err)
+                continue
+            tasks.append(
+                delayed(_run_feature_set)(
+                    endpoint, fs.name, X, y, strata, splits, rec, settings, out
+                )
+            )
+        # Threads: forests and numpy release the GIL; logging stays in this process's log.
+        for part, fs_coef, fs_hrs in Parallel(n_jobs=threads, backend="threading")(tasks):
+            rec.rows += part.rows
+            rec.curves.update(part.curves)
+            coef += fs_coef
+            hrs += fs_hrs
+        if net is not None:
+            _add_network(rec, net, endpoint, splits, settings)
+        predictions.extend(rec.rows)
+        m_rows, t_rows = _metrics(endpoint, rec, splits, centers, y, settings)
+        metric_rows += m_rows
+        td_rows += t_rows
+    pred = pd.DataFrame(predictions, columns=PREDICTION_COLUMNS)
+    metrics = pd.DataFrame(metric_rows, columns=evaluate.METRIC_COLUMNS)
+    io.write_table(metrics, out.metrics)
+    io.write_table(pred, out.predictions)
+    io.write_table(pd.DataFrame(td_rows, columns=evaluate.TD_AUC_COLUMNS), out.td_auc)
+    io.write_table(evaluate.delong_table(pred), out.delong)
+    io.write_table(_concat(coef, summaries.COEF_COLUMNS), out.coefficients)
+    io.write_table(_concat(hrs, summaries.HR_COLUMNS), out.hazard_ratios)
+    train_centers = sorted(set(cohort.centers) - set(external))
+    check, embed = summaries.harmonization_check(
+        cohort.features,
+        cohort.centers,
+        train_centers,
+        settings.preprocessing().named_steps["combat"],
+        settings.check_features,
+    )
+    io.write_table(check, out.harmonization_check)
+    io.write_table(embed, out.harmonization_embedding)
+    out.models.mkdir(parents=True, exist_ok=True)
+    log.info(
+        "model stage: %d metric rows, %d predictions, %.1f s",
+        len(metrics),
+        len(pred),
+        time.perf_counter() - start,
+    )
+    return metrics
+
+
+def _run_feature_set(
+    endpoint: str,
+    fs: str,
+    X: pd.DataFrame,
+    y: np.ndarray,
+    strata: np.ndarray,
+    splits: Sequence[Split],
+    parent: Recorder,
+    settings: ModelSettings,
+    out: Outputs,
+) -> tuple[Recorder, list[pd.DataFrame], list[pd.DataFrame]]:
+    """Every split of one feature set: predictions, survival curves, the final models (saved),
+    their coefficients and (survival) the hazard-ratio refit."""
+    t0 = time.perf_counter()
+    rec = Recorder(parent.ids, parent.y, parent.centers, endpoint)
+    module = response_models if endpoint == "response" else survival
+    coef: list[pd.DataFrame] = []
+    hrs: list[pd.DataFrame] = []
+    for s in splits:
+        what = f"{endpoint}/{fs}/{s.evaluation}/fold {s.fold}"
+        try:
+            fitted = fit_split(
+                endpoint, X, y, strata, s.train, settings, settings.seed + s.fold, what
+            )
+        except UserError as err:
+            log.warning("%s", err)
+            continue
+        for m, f in fitted.items():
+            if len(s.test):
+                scores = module.score(f.pipeline, X.iloc[s.test])
+                rec.add(m, fs, s, s.test, scores, f.threshold)
+            if s.evaluation == "external":
+                path = out.model_path(endpoint, fs, m)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with io.atomic_path(path) as tmp:
+                    joblib.dump(f.pipeline, tmp)
+                coef.append(summaries.coefficients(endpoint, m, fs, f.pipeline))
+        if endpoint == "survival" and s.evaluation == "external" and fitted:
+            pipe = next(iter(fitted.values())).pipeline
+            hrs.append(
+                summaries.hazard_ratios(
+                    fs, pipe, X.iloc[s.train], y[s.train], settings.hr_penalizer
+                )
+            )
+        if endpoint == "survival":
+            _store_curves(rec, fitted, X, s, y, splits, rec.centers, fs)
+    log.info(
+        "%s / %s: %d columns, %d splits, %.1f s",
+        endpoint,
+        fs,
+        X.shape[1] - 1,
+        len(splits),
+        time.perf_counter() - t0,
+    )
+    return rec, coef, hrs
+
+
+def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]
+    return (
+        pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+    )
+
+
+def _targets(s: Split, centers: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """(evaluation, test positions) a split's test patients belong to."""
+    if s.evaluation != "external":
+        return [(s.evaluation, s.test)]
+    return [(f"external:{c}", s.test[centers[s.test] == c]) for c in sorted(set(centers[s.test]))]
+
+
+def _store_curves(
+    rec: Recorder,
+    fitted: dict,
+    X: pd.DataFrame,
+    s: Split,
+    y: np.ndarray,
+    splits: Sequence[Split],
+    centers: np.ndarray,
+    fs: str,
+) -> None:
+    """Survival curves of the test patients on their evaluation's time grid (for the IBS)."""
+    evals = _evaluations(splits, centers)
+    for ev, pos in _targets(s, centers):
+        test, train = evals[ev]
+        grid = weighted_times(y[train], _ibs_grid(y[test]["time"], y[train]["time"]))
+        if len(grid) < 2 or not len(pos):
+            continue
+        for m, f in fitted.items():
+            Z = f.pipeline[:-1].transform(X.iloc[pos])
+            S = survival.survival_at(f.pipeline[-1], Z, grid)
+            frame = pd.DataFrame(S, index=rec.ids[pos], columns=grid)
+            key = (m, fs, ev)
+            rec.curves[key] = pd.concat([rec.curves[key], frame]) if key in rec.curves else frame
+
+
+def _metrics(
+    endpoint: str,
+    rec: Recorder,
+    splits: Sequence[Split],
+    centers: np.ndarray,
+    y: np.ndarray,
+    settings: ModelSettings,
+) -> tuple[list[dict], list[dict]]:
+    rows: list[dict] = []
+    td: list[dict] = []
+    evals = _evaluations(splits, centers)
+    frame = pd.DataFrame(rec.rows, columns=PREDICTION_COLUMNS)
+    for (model, fs, ev), group in frame.groupby(["model", "feature_set", "evaluation"], sort=True):
+        key = (endpoint, model, fs, ev)
+        if endpoint == "response":
+            rows += evaluate.response_metrics(key, group, settings.bootstrap, settings.seed)
+            continue
+        train = y[evals[ev][1]] if ev in evals else y
+        curves = rec.curves.get((model, fs, ev))
+        r, t = evaluate.survival_metrics(
+            key, group, train, curves, settings.bootstrap, settings.seed, settings.time_quantiles
+        )
+        rows += r
+        td += t
+    return rows, td
+
+
+def _read_network(path: str | Path | None, methods: list[str]) -> pd.DataFrame | None:
+    if not path or not methods:
+        return None
+    table = io.read_tsv(path)
+    missing = [c for c in NETWORK_COLUMNS if c not in table.columns]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {missing}")
+    absent = sorted(set(methods) - set(table["method"]))
+    if absent:
+        log.warning("network predictions: no rows for method(s) %s", absent)
+    return table[table["method"].isin(methods)]
+
+
+def _add_network(
+    rec: Recorder,
+    net: pd.DataFrame,
+    endpoint: str,
+    splits: Sequence[Split],
+    settings: ModelSettings,
+) -> None:
+    """End-to-end network scores as feature sets ``network:{method}`` (no refit), on the
+    external split; threshold / cut-off from the method's train+val patients."""
+    column = "response_probability" if endpoint == "response" else "risk_score"
+    external = [s for s in splits if s.evaluation == "external"]
+    if not external:
+        return
+    s = external[0]
+    pos_of = {p: i for i, p in enumerate(rec.ids)}
+    for method, rows in net.groupby("method"):
+        scores = pd.to_numeric(rows.set_index("patient_id")[column], errors="coerce").dropna()
+        train = [
+            pos_of[p]
+            for p in rows.loc[rows["split"].isin(["train", "val"]), "patient_id"]
+            if p in pos_of and p in scores.index
+        ]
+        trained_on = set(rows.loc[rows["split"] != "test", "patient_id"])
+        leaked = sorted(str(rec.ids[p]) for p in s.test if rec.ids[p] in trained_on)
+        if leaked:
+            log.warning(
+                "network:%s: external patient(s) %s are in its train/val split; left out",
+                method,
+                ", ".join(leaked),
+            )
+        test = np.array(
+            [p for p in s.test if rec.ids[p] in scores.index and rec.ids[p] not in trained_on],
+            int,
+        )
+        if not len(test):
+            log.warning("network:%s has no %s scores for the external patients", method, endpoint)
+            continue
+        cut = (
+            oracle_cutoff(
+                endpoint, settings, rec.y[train], scores.loc[rec.ids[train]].to_numpy(float)
+            )
+            if train
+            else math.nan
+        )
+        rec.add(
+            "end_to_end",
+            f"network:{method}",
+            s,
+            test,
+            scores.loc[rec.ids[test]].to_numpy(float),
+            cut,
+        )

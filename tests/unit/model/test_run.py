@@ -1,0 +1,247 @@
+"""The whole model stage on small synthetic tables: contract columns, permuted labels, a
+one-patient centre, the oracle and network predictions."""
+
+from __future__ import annotations
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+
+from deltarad import io
+from deltarad.model.run import PREDICTION_COLUMNS, run_models
+
+CONFIG = {
+    "study": {"external_centers": ["D"]},
+    "segmentation": {"methods": ["mtms"]},
+    "models": {
+        "seed": 7,
+        "outer_folds": 3,
+        "inner_folds": 2,
+        "bootstrap": 200,
+        "selection": {"k": 3},
+        "feature_sets": [
+            {"name": "clinical", "clinical": ["age", "sex"]},
+            {"name": "clinical+imaging", "clinical": ["age"], "timepoints": ["baseline"]},
+            {"name": "deep", "timepoints": ["*"], "sources": ["deep"]},
+        ],
+        "response_models": {"logistic": {"C": [0.1, 1.0]}},
+        "survival_models": {"coxnet": {"alpha": [0.1]}},
+    },
+}
+NAMES = [
+    "metrics",
+    "predictions",
+    "td_auc",
+    "hazard_ratios",
+    "coefficients",
+    "harmonization_check",
+    "harmonization_embedding",
+    "delong",
+]
+
+
+def write_cohort(root, n_per=15, p=30, permute=False, extra_center=False, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = list(np.repeat(["A", "B", "C", "D"], n_per)) + (["E"] if extra_center else [])
+    n = len(centers)
+    ids = [f"P{i:03d}" for i in range(n)]
+    z = rng.normal(size=n)
+    shift = {"A": 0, "B": 2, "C": -1, "D": 1, "E": 3}
+    feats = pd.DataFrame({"patient_id": ids})
+    for i in range(p):
+        signal = z if i < 3 else 0
+        feats[f"baseline__tumor__pyrad__f{i}"] = (
+            signal + rng.normal(size=n) + np.array([shift[c] for c in centers])
+        )
+    feats["baseline__tumor__qc__failed"] = False
+    response = (z + rng.normal(0, 0.7, n) > 0).astype(int)
+    time = rng.exponential(np.exp(-z)) * 20 + 0.5
+    event = (rng.random(n) < 0.75).astype(int)
+    if permute:
+        response = rng.permutation(response)
+        perm = rng.permutation(n)
+        time, event = time[perm], event[perm]
+    clinical = pd.DataFrame(
+        {
+            "patient_id": ids,
+            "response": response,
+            "time": time.round(2),
+            "event": event,
+            "age": rng.integers(40, 80, n),
+            "sex": rng.choice(["F", "M"], n),
+        }
+    )
+    samples = pd.DataFrame({"patient_id": ids, "center": centers})
+    latent = pd.DataFrame(
+        {
+            "patient_id": ids,
+            "center": centers,
+            "latent_risk": z,
+            "response_probability": 1 / (1 + np.exp(-1.5 * z)),
+        }
+    )
+    network = pd.DataFrame(
+        {
+            "patient_id": ids,
+            "method": "mtms",
+            "response_probability": 1 / (1 + np.exp(-z)),
+            "risk_score": z,
+            "split": ["test" if c == "D" else "train" for c in centers],
+        }
+    )
+    feats.to_parquet(root / "features.parquet", index=False)
+    for name, table in (
+        ("clinical", clinical),
+        ("samples", samples),
+        ("latent", latent),
+        ("network", network),
+    ):
+        io.write_table(table, root / f"{name}.tsv")
+    outputs = {n: root / f"out/{n}.tsv" for n in NAMES}
+    outputs["models"] = root / "out/models/fitted"
+    return outputs
+
+
+def run(root, outputs, config=CONFIG, threads=1):
+    return run_models(
+        root / "features.parquet",
+        root / "clinical.tsv",
+        root / "samples.tsv",
+        outputs,
+        config,
+        latent=root / "latent.tsv",
+        network=root / "network.tsv",
+        threads=threads,
+    )
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    outputs = write_cohort(root)
+    run(root, outputs)
+    return outputs
+
+
+def test_tables_have_the_contract_columns(finished):
+    metrics = io.read_tsv(finished["metrics"])
+    assert list(metrics.columns) == [
+        "endpoint",
+        "model",
+        "feature_set",
+        "evaluation",
+        "metric",
+        "value",
+        "ci_low",
+        "ci_high",
+        "n",
+    ]
+    pred = io.read_tsv(finished["predictions"])
+    assert list(pred.columns) == PREDICTION_COLUMNS
+    assert PREDICTION_COLUMNS[:6] == [
+        "patient_id",
+        "endpoint",
+        "model",
+        "feature_set",
+        "evaluation",
+        "score",
+    ]
+    assert set(metrics["evaluation"]) == {"nested_cv", "external:D", "loco:A", "loco:B", "loco:C"}
+    assert "deep" not in set(metrics["feature_set"])  # absent source: skipped, not a crash
+    assert {"oracle", "network:mtms"} <= set(metrics["feature_set"])
+    net = metrics[metrics["feature_set"] == "network:mtms"]
+    assert set(net["evaluation"]) == {"external:D"}
+    surv = pred[pred["endpoint"] == "survival"]
+    assert set(surv["risk_group"].dropna()) == {"high", "low"}
+    for name, cols in (
+        ("td_auc", ["endpoint", "model", "feature_set", "evaluation", "time", "auc"]),
+        ("hazard_ratios", ["feature_set", "model", "feature", "hr", "ci_low", "ci_high", "p"]),
+        ("harmonization_check", ["feature", "center", "stage", "mean", "sd"]),
+        ("harmonization_embedding", ["patient_id", "center", "stage", "pc1", "pc2"]),
+    ):
+        table = io.read_tsv(finished[name])
+        assert list(table.columns) == cols and len(table), name
+    assert len(io.read_tsv(finished["delong"]))
+    model = joblib.load(finished["models"] / "response/clinical+imaging/logistic.joblib")
+    assert hasattr(model, "predict_proba")
+    metric_names = set(metrics["metric"])
+    assert {
+        "auc",
+        "sensitivity",
+        "specificity",
+        "brier",
+        "calibration_slope",
+        "c_index",
+        "c_index_uno",
+        "td_auc",
+        "ibs",
+        "logrank_p",
+        "hazard_ratio",
+    } <= metric_names
+
+
+def test_models_find_the_planted_signal_and_oracle_is_best(finished):
+    m = io.read_tsv(finished["metrics"])
+    m["value"] = m["value"].astype(float)
+
+    def value(fs, metric, ev="nested_cv"):
+        return m[(m.feature_set == fs) & (m.metric == metric) & (m.evaluation == ev)]["value"]
+
+    assert value("clinical+imaging", "auc").max() > 0.7
+    assert value("oracle", "auc").iloc[0] >= value("clinical+imaging", "auc").max() - 0.05
+    assert value("clinical+imaging", "c_index").max() > 0.6
+
+
+def test_permuted_labels_give_cis_covering_half(tmp_path):
+    outputs = write_cohort(tmp_path, permute=True, seed=3)
+    run(tmp_path, outputs)
+    m = io.read_tsv(outputs["metrics"])
+    rows = m[
+        (m.evaluation == "nested_cv")
+        & m.metric.isin(["auc", "c_index"])
+        & (m.feature_set == "clinical+imaging")
+    ]
+    assert len(rows) == 2
+    assert (rows["ci_low"].astype(float) < 0.5).all()
+    assert (rows["ci_high"].astype(float) > 0.5).all()
+
+
+def test_one_patient_centre_is_reported_not_fatal(tmp_path, caplog):
+    outputs = write_cohort(tmp_path, extra_center=True)
+    config = {
+        **CONFIG,
+        "study": {"external_centers": ["D", "E"]},
+        "models": {**CONFIG["models"], "feature_sets": CONFIG["models"]["feature_sets"][1:2]},
+    }
+    run(tmp_path, outputs, config)
+    m = io.read_tsv(outputs["metrics"])
+    e = m[(m.evaluation == "external:E") & (m.metric == "auc")]
+    assert len(e) and e["value"].isna().all()
+    assert "single response class (n=1)" in caplog.text
+
+
+def test_tiny_cohort_runs_with_clear_messages(tmp_path, caplog):
+    """2 centres x 3 patients (config/test.yaml): NA metrics and messages, no crash."""
+    outputs = write_cohort(tmp_path, n_per=3)
+    keep = {"P000", "P001", "P002", "P009", "P010", "P011"}  # centres A and D
+    for name in ("clinical", "samples", "latent", "network"):
+        table = io.read_tsv(tmp_path / f"{name}.tsv")
+        io.write_table(table[table["patient_id"].isin(keep)], tmp_path / f"{name}.tsv")
+    feats = pd.read_parquet(tmp_path / "features.parquet")
+    feats[feats["patient_id"].isin(keep)].to_parquet(tmp_path / "features.parquet", index=False)
+    run(tmp_path, outputs)
+    m = io.read_tsv(outputs["metrics"])
+    assert list(m.columns)[:4] == ["endpoint", "model", "feature_set", "evaluation"]
+    assert set(m["evaluation"]) <= {"external:D"}
+    assert "nested_cv: too few patients" in caplog.text
+    assert "loco: needs at least 2 training centres" in caplog.text
+
+
+def test_threads_do_not_change_results(finished, tmp_path):
+    outputs = write_cohort(tmp_path)
+    run(tmp_path, outputs, threads=2)
+    for name in ("metrics", "predictions"):
+        a = io.read_tsv(finished[name])
+        b = io.read_tsv(outputs[name])
+        pd.testing.assert_frame_equal(a, b)
