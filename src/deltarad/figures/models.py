@@ -1,0 +1,208 @@
+"""Model summaries: top coefficients, AUC / C-index per feature set, multi-task vs single-task."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from deltarad.figures import common
+from deltarad.figures.style import Style, empty_panel, legend_on_top, save, subplots
+
+COEFFICIENT_COLUMNS = ["endpoint", "model", "feature_set", "feature", "coefficient"]
+METRIC_NAMES = {"auc": "AUC", "c_index": "C-index"}
+# The segmentation presets of the multi-task comparison, multi-task first.
+NETWORK_METHODS = ("rpnet", "mtms", "multidl", "seg_only", "outcome_only")
+SINGLE_TASK = ("seg_only", "outcome_only")
+
+
+def read_coefficients(path: str | Path) -> pd.DataFrame:
+    return common.read_table(path, COEFFICIENT_COLUMNS, numeric=("coefficient",))
+
+
+def coefficients_figure(
+    coefficients: pd.DataFrame,
+    metrics: pd.DataFrame | None,
+    style: Style,
+    out_png: str | Path,
+    out_pdf: str | Path,
+    max_features: int = 15,
+) -> None:
+    """The largest |coefficients| of the best model per endpoint (ranked in nested CV), bars
+    coloured by sign: which features drive the prediction and in which direction. Models
+    without coefficients (forests, boosting) show their `importance` column instead."""
+    df = coefficients.copy()
+    df["value"] = df["coefficient"]
+    if "importance" in df:
+        df["value"] = df["value"].fillna(pd.to_numeric(df["importance"], errors="coerce"))
+    df = df.dropna(subset=["value"])
+    # One value per feature (a table may repeat a feature, e.g. per fold): the mean.
+    df = df.groupby(["endpoint", "model", "feature_set", "feature"], as_index=False, sort=False)
+    df = df.agg(value=("value", "mean"), coefficient=("coefficient", "mean"))
+    endpoints = [e for e in ("response", "survival") if (df["endpoint"] == e).any()]
+    with style.context():
+        nrows, ncols = common.grid_shape(len(endpoints), min(style.max_cols, 2))
+        fig, axes = subplots(
+            style,
+            aspect=(0.10 + 0.030 * max_features) * nrows * 2 / ncols,
+            nrows=nrows,
+            ncols=ncols,
+        )
+        if not endpoints:
+            empty_panel(axes[0, 0], "no model coefficients")
+        for ax, endpoint in zip(axes.ravel(), endpoints, strict=False):
+            sub = df[df["endpoint"] == endpoint]
+            model, fset = common.ranked_models(metrics, endpoint, "nested_cv", sub)[0]
+            sub = sub[(sub["model"] == model) & (sub["feature_set"] == fset)]
+            sub = sub.loc[sub["value"].abs().nlargest(max_features).index]
+            sub = sub.iloc[::-1]
+            colors = [style.color(0) if c > 0 else style.color(1) for c in sub["value"]]
+            y = np.arange(len(sub))
+            ax.barh(y, sub["value"], color=colors, height=0.7)
+            ax.set_yticks(y, [common.short_feature(f, 40) for f in sub["feature"]])
+            ax.axvline(0, color="0.3", lw=0.8)
+            effect = "log-odds" if endpoint == "response" else "log-hazard"
+            if sub["coefficient"].notna().all():
+                ax.set_xlabel(f"Coefficient ({effect} per SD)")
+            else:
+                ax.set_xlabel("Importance (impurity decrease)")
+            ax.set_title(f"{endpoint.capitalize()}: {common.model_label(model, fset)}")
+            ax.tick_params(axis="y", length=0)
+        save(fig, style, out_png, out_pdf)
+
+
+def _bars(
+    ax: object,
+    table: pd.DataFrame,
+    categories: Sequence[str],
+    evaluations: Sequence[str],
+    style: Style,
+) -> None:
+    """Grouped bars with CI whiskers: one group per category, one bar per evaluation."""
+    width = 0.8 / max(len(evaluations), 1)
+    x = np.arange(len(categories))
+    for j, evaluation in enumerate(evaluations):
+        rows = table[table["evaluation"] == evaluation].set_index("category")
+        rows = rows.reindex(categories)
+        value = rows["value"].to_numpy(float)
+        err = np.vstack(
+            [
+                np.nan_to_num(value - rows["ci_low"].to_numpy(float)),
+                np.nan_to_num(rows["ci_high"].to_numpy(float) - value),
+            ]
+        )
+        ax.bar(
+            x + (j - (len(evaluations) - 1) / 2) * width,
+            value,
+            width * 0.92,
+            yerr=err,
+            capsize=2,
+            color=style.color(j),
+            label=common.evaluation_label(evaluation),
+            error_kw={"lw": 0.8},
+        )
+    ax.set_xticks(x, categories, rotation=30, ha="right")
+    ax.axhline(0.5, color="0.5", lw=0.8, ls="--")
+    ax.set_ylim(0.3, 1.0)
+
+
+def _best_model_per_set(metrics: pd.DataFrame, endpoint: str, metric: str) -> pd.DataFrame:
+    """Per feature set, the rows of the model with the best nested-CV value (chosen on
+    training data, then shown in every evaluation)."""
+    rows = metrics[(metrics["endpoint"] == endpoint) & (metrics["metric"] == metric)]
+    cv = rows[rows["evaluation"] == "nested_cv"]
+    if cv.empty:
+        cv = rows
+    best = cv.sort_values("value", ascending=False).drop_duplicates("feature_set")
+    keep = set(zip(best["feature_set"], best["model"], strict=True))
+    mask = [(f, m) in keep for f, m in zip(rows["feature_set"], rows["model"], strict=True)]
+    return rows[mask].assign(category=rows["feature_set"][mask])
+
+
+def performance_figure(
+    metrics: pd.DataFrame,
+    style: Style,
+    out_png: str | Path,
+    out_pdf: str | Path,
+    evaluations: Sequence[str] | None = None,
+) -> None:
+    """AUC (response) and C-index (survival) with 95 % CI per feature set, the best model of
+    each set, bars per evaluation."""
+    panels = [
+        (e, m)
+        for e, m in common.RANK_METRIC.items()
+        if ((metrics["endpoint"] == e) & (metrics["metric"] == m)).any()
+    ]
+    with style.context():
+        nrows, ncols = common.grid_shape(len(panels), min(style.max_cols, 2))
+        fig, axes = subplots(style, aspect=0.42 * nrows * 2 / ncols, nrows=nrows, ncols=ncols)
+        if not panels:
+            empty_panel(axes[0, 0], "no AUC or C-index in metrics.tsv")
+        for ax, (endpoint, metric) in zip(axes.ravel(), panels, strict=False):
+            table = _best_model_per_set(metrics, endpoint, metric)
+            evs = common.select_evaluations(table["evaluation"], evaluations)
+            # The oracle (synthetic truth) last, as the reference.
+            sets = sorted(table["category"].unique(), key=lambda s: (s == common.ORACLE, s))
+            _bars(ax, table, sets, evs, style)
+            ax.set_ylabel(METRIC_NAMES[metric])
+            ax.set_title(endpoint.capitalize())
+        legend_on_top(fig, axes[0, 0])
+        save(fig, style, out_png, out_pdf)
+
+
+def multitask_figure(
+    metrics: pd.DataFrame,
+    style: Style,
+    out_png: str | Path,
+    out_pdf: str | Path,
+    evaluations: Sequence[str] | None = None,
+) -> None:
+    """The network presets side by side (feature sets `network:<method>`): multi-task methods
+    (rpnet, mtms, multidl) against the single-task ablations, AUC and C-index with CI."""
+    net = metrics[metrics["feature_set"].str.startswith("network:")]
+    net = net.assign(category=net["feature_set"].str.removeprefix("network:"))
+    panels = [
+        (e, m)
+        for e, m in common.RANK_METRIC.items()
+        if ((net["endpoint"] == e) & (net["metric"] == m)).any()
+    ]
+    with style.context():
+        nrows, ncols = common.grid_shape(len(panels), min(style.max_cols, 2))
+        fig, axes = subplots(style, aspect=0.40 * nrows * 2 / ncols, nrows=nrows, ncols=ncols)
+        if not panels:
+            empty_panel(axes[0, 0], "no network:<method> rows in metrics.tsv")
+        for ax, (endpoint, metric) in zip(axes.ravel(), panels, strict=False):
+            table = net[(net["endpoint"] == endpoint) & (net["metric"] == metric)]
+            # One model per method: the network's own head if several models share a set.
+            table = table.sort_values("value", ascending=False).drop_duplicates(
+                ["category", "evaluation"]
+            )
+            known = [m for m in NETWORK_METHODS if m in set(table["category"])]
+            methods = known + sorted(set(table["category"]) - set(known))
+            evs = common.select_evaluations(table["evaluation"], evaluations)
+            _bars(ax, table, methods, evs, style)
+            n_multi = sum(m not in SINGLE_TASK for m in methods)
+            if 0 < n_multi < len(methods):
+                ax.axvline(n_multi - 0.5, color="0.3", lw=0.8)
+                ax.text(
+                    n_multi - 0.55,
+                    0.98,
+                    "multi-task",
+                    ha="right",
+                    va="top",
+                    transform=ax.get_xaxis_transform(),
+                )
+                ax.text(
+                    n_multi - 0.45,
+                    0.98,
+                    "single-task",
+                    ha="left",
+                    va="top",
+                    transform=ax.get_xaxis_transform(),
+                )
+            ax.set_ylabel(METRIC_NAMES[metric])
+            ax.set_title(endpoint.capitalize())
+        legend_on_top(fig, axes[0, 0])
+        save(fig, style, out_png, out_pdf)
