@@ -6,19 +6,17 @@ problem names the sheet line, the patient, the column and the file.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jsonschema
-import numpy as np
 import pandas as pd
-import SimpleITK as sitk
 
 from deltarad import io
 from deltarad.config import known_centers, load_schema
 from deltarad.runlog import UserError
+from deltarad.scanchecks import display_path, scan_findings
 
 BASELINE = "baseline"
 SAMPLE_COLUMNS = ["patient_id", "center", "timepoint", "days", "modality", "image", "mask"]
@@ -100,8 +98,14 @@ def read_sheet(path: str | Path, required: list[str]) -> pd.DataFrame:
         df = io.read_tsv(path)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
         raise CohortError([Problem(f"not a readable TSV: {err}", sheet=str(path))]) from None
-    df.columns = [c.strip() for c in df.columns]
+    # Excel's "UTF-8" TSV starts with a byte-order mark: it is not part of the first column name.
+    df.columns = [c.strip().lstrip("\ufeff").strip() for c in df.columns]
     missing = [c for c in required if c not in df.columns]
+    if missing and len(df.columns) == 1:
+        for name, sep in (("comma", ","), ("semicolon", ";")):
+            if sep in df.columns[0]:
+                message = f"not tab-separated (the header is split by {name}s); save it as TSV"
+                raise CohortError([Problem(message, sheet=path.name)])
     if missing:
         raise CohortError([Problem("missing column", sheet=path.name, column=c) for c in missing])
     return df
@@ -111,15 +115,6 @@ def resolve(value: str, sheet_dir: Path) -> Path:
     """A sheet path: absolute, or relative to the sheet's folder."""
     p = Path(value).expanduser()
     return p if p.is_absolute() else sheet_dir / p
-
-
-def display_path(path: Path) -> str:
-    """Relative to the working directory where the file lies below it, absolute otherwise."""
-    absolute = Path(os.path.abspath(path))
-    try:
-        return str(absolute.relative_to(Path.cwd()))
-    except ValueError:
-        return str(absolute)
 
 
 def _schema_problems(df: pd.DataFrame, schema_name: str, sheet: str) -> list[Problem]:
@@ -159,102 +154,12 @@ def _expectation(err: jsonschema.ValidationError) -> str:
     return description.rstrip(".") if description else f"must match {err.validator_value}"
 
 
-def _check_mask(
-    scan: Scan, image_geo: io.Geometry, s: ValidationSettings, sheet: str, line: int
-) -> list[Problem]:
-    assert scan.mask is not None
-    where = {"sheet": sheet, "line": line, "patient_id": scan.patient_id, "column": "mask"}
-    try:
-        mask_geo, _, comps = io.read_header(scan.mask)
-    except io.ImageReadError as err:
-        return [Problem(str(err), **where)]
-    if comps != 1:
-        return [
-            Problem(
-                f"mask has {comps} components per voxel, expected a label image "
-                f"({display_path(scan.mask)})",
-                **where,
-            )
-        ]
-    fields = image_geo.mismatches(mask_geo, s.spacing_rel, s.origin_mm, s.direction)
-    if fields:
-        return [
-            Problem(
-                f"mask grid differs from the image in {', '.join(fields)}: "
-                f"image {display_path(scan.image)} has {image_geo.describe()}; "
-                f"mask {display_path(scan.mask)} has {mask_geo.describe()}",
-                **where,
-            )
-        ]
-    arr = sitk.GetArrayFromImage(io.read_image(scan.mask))
-    labels = set(np.unique(arr).tolist()) - {0}
-    problems = []
-    unexpected = sorted(labels - {s.mask_label, *s.extra_mask_labels})
-    if unexpected:
-        problems.append(
-            Problem(
-                f"mask contains unexpected label(s) {unexpected} (tumour label is {s.mask_label}; "
-                f"list others in validation.extra_mask_labels) ({display_path(scan.mask)})",
-                **where,
-            )
-        )
-    count = int(np.count_nonzero(arr == s.mask_label))
-    if count == 0:
-        problems.append(
-            Problem(
-                f"mask has no voxel with the tumour label {s.mask_label} "
-                f"({display_path(scan.mask)})",
-                **where,
-            )
-        )
-    elif count < s.min_mask_voxels:
-        problems.append(
-            Problem(
-                f"mask has only {count} tumour voxel(s), fewer than validation.min_mask_voxels = "
-                f"{s.min_mask_voxels} ({display_path(scan.mask)})",
-                **where,
-            )
-        )
-    return problems
-
-
 def _check_files(scan: Scan, s: ValidationSettings, sheet: str, line: int) -> list[Problem]:
     where = {"sheet": sheet, "line": line, "patient_id": scan.patient_id}
-    try:
-        geo, pixel, comps = io.read_header(scan.image)
-    except io.ImageReadError as err:
-        return [Problem(str(err), column="image", **where)]
-    if len(geo.size) != 3 or min(geo.size) < 2:
-        return [
-            Problem(
-                f"image must be 3-D, found size {geo.size} ({display_path(scan.image)})",
-                column="image",
-                **where,
-            )
-        ]
-    if comps != 1:
-        return [
-            Problem(
-                f"image has {comps} components per voxel, expected a scalar image "
-                f"({display_path(scan.image)})",
-                column="image",
-                **where,
-            )
-        ]
-    problems = []
-    if "float" in pixel:
-        bad = io.count_nonfinite(scan.image)
-        if bad:
-            problems.append(
-                Problem(
-                    f"image has {bad} NaN or infinite voxel(s) ({display_path(scan.image)})",
-                    column="image",
-                    **where,
-                )
-            )
-    if scan.mask is not None:
-        problems += _check_mask(scan, geo, s, sheet, line)
-    return problems
+    return [
+        Problem(message, column=column, **where)
+        for column, message in scan_findings(scan.image, scan.mask, s)
+    ]
 
 
 def validate_samples(
@@ -266,6 +171,8 @@ def validate_samples(
     df = read_sheet(samples_path, SAMPLE_COLUMNS[:-1])
     if "mask" not in df.columns:
         df["mask"] = None
+    if df.empty:
+        raise CohortError([Problem("sheet has a header but no scan rows", sheet=sheet)])
     problems = _schema_problems(df[SAMPLE_COLUMNS], "samples", sheet)
     bad_lines = {p.line for p in problems}
     scans: list[tuple[int, Scan]] = []
@@ -331,6 +238,14 @@ def validate_samples(
                     f"baseline scan must have days 0, found {scan.days}", column="days", **where
                 )
             )
+        if scan.timepoint != BASELINE and scan.days <= 0:
+            problems.append(
+                Problem(
+                    f"follow-up scan must have days > 0 (after the baseline), found {scan.days}",
+                    column="days",
+                    **where,
+                )
+            )
         problems += _check_files(scan, settings, sheet, line)
 
     with_baseline = {s.patient_id for _, s in scans if s.timepoint == BASELINE}
@@ -343,13 +258,28 @@ def validate_samples(
                 column="timepoint",
             )
         )
+    with_followup = {s.patient_id for _, s in scans if s.timepoint != BASELINE}
+    for pid in sorted(with_baseline - with_followup):
+        problems.append(
+            Problem(
+                "patient has only a baseline scan: delta features need a follow-up (a later "
+                "timepoint); add it or remove the patient from both sheets",
+                sheet=sheet,
+                patient_id=pid,
+                column="timepoint",
+            )
+        )
     return [s for _, s in scans], problems
 
 
 def validate_clinical(
-    clinical_path: str | Path, patients: set[str]
+    clinical_path: str | Path, patients: set[str] | None
 ) -> tuple[pd.DataFrame, list[Problem]]:
-    """Schema checks, time > 0, unique rows, and agreement with the patients that have scans."""
+    """Schema checks, time > 0, unique rows, and agreement with the patients that have scans.
+
+    ``patients=None`` (the samples sheet could not be read) skips the agreement check, which
+    would only repeat the samples sheet's problem once per clinical row.
+    """
     clinical_path = Path(clinical_path)
     sheet = clinical_path.name
     df = read_sheet(clinical_path, CLINICAL_COLUMNS)
@@ -371,7 +301,7 @@ def validate_clinical(
                 )
             )
         seen.setdefault(pid, line)
-        if pid is not None and pid not in patients:
+        if patients is not None and pid is not None and pid not in patients:
             problems.append(
                 Problem(
                     "clinical row without any scan in the samples sheet",
@@ -379,7 +309,7 @@ def validate_clinical(
                     **where,
                 )
             )
-    for pid in sorted(patients - set(seen)):
+    for pid in sorted((patients or set()) - set(seen)):
         problems.append(
             Problem(
                 "patient has scans but no row in the clinical sheet",
@@ -417,11 +347,12 @@ def validate_cohort(
     """Validate both sheets; return (samples, clinical) tables or raise with every problem."""
     problems: list[Problem] = []
     scans: list[Scan] = []
+    patients: set[str] | None = None
     try:
         scans, problems = validate_samples(samples_path, settings)
+        patients = {s.patient_id for s in scans}
     except CohortError as err:
         problems += err.problems
-    patients = {s.patient_id for s in scans}
     clinical = pd.DataFrame()
     try:
         clinical, clinical_problems = validate_clinical(clinical_path, patients)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ import yaml
 from deltarad.runlog import UserError
 
 SCHEMAS = ("config", "samples", "clinical")
+# The pyradiomics parameter presets shipped with DeltaRad (features.params).
+PRESETS = Path(__file__).resolve().parents[2] / "config" / "radiomics"
 
 
 class ConfigError(UserError):
@@ -99,7 +102,47 @@ def check_config(config: dict[str, Any]) -> list[str]:
     names = [c["name"] for c in config["synthetic"]["centers"]]
     if len(set(names)) != len(names):
         problems.append("config key 'synthetic.centers': centre names must be unique")
+    problems += _params_problems(config["features"]["params"])
     return problems
+
+
+def _params_problems(params: str) -> list[str]:
+    """A pyradiomics parameter file that cannot be found, with the presets that exist."""
+    from deltarad.features.handcrafted import resolve_params
+
+    try:
+        resolve_params(params)
+    except UserError:
+        presets = sorted(PRESETS.glob("*.yaml"))
+        names = ", ".join(f"config/radiomics/{p.name}" for p in presets)
+        return [
+            f"config key 'features.params': parameter file {params!r} not found (in the "
+            f"working directory or the DeltaRad folder); presets: {names}"
+        ]
+    return []
+
+
+def check_results_dir(config: dict[str, Any]) -> list[str]:
+    """The results folder must be creatable and writable: say so before any job starts.
+
+    Snakemake would otherwise fail on the first job's output with an OS error that does not
+    name the config key.
+    """
+    target = Path(config["results"]).expanduser()
+    probe = target.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return [
+            f"config key 'results': {probe} is a file, not a folder, so results cannot go to "
+            f"{target}"
+        ]
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return [
+            f"config key 'results': folder {probe} is not writable, so results cannot go to "
+            f"{target}; choose a folder you can write to"
+        ]
+    return []
 
 
 def known_centers(config: dict[str, Any]) -> list[str]:

@@ -121,8 +121,8 @@ def _save(ds: Dataset, sop_class: str, path: Path) -> None:
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
     ds.SOPClassUID = sop_class
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+    with io.atomic_path(path) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
 
 
 def write_image_series(
@@ -314,8 +314,8 @@ def write_seg(
     for keyword in ("DimensionOrganizationSequence", "DimensionIndexSequence"):
         for item in seg.get(keyword, []):
             item.DimensionOrganizationUID = dimension_uid
-    path.parent.mkdir(parents=True, exist_ok=True)
-    seg.save_as(path)
+    with io.atomic_path(path) as tmp:
+        seg.save_as(tmp)
 
 
 def export_cohort(
