@@ -14,7 +14,11 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/register.smk"
+include: "workflow/rules/segment.smk"
 include: "workflow/rules/features.smk"
+include: "workflow/rules/model.smk"
+# Last: figures join the target only when an earlier rule file produces their tables.
+include: "workflow/rules/figures.smk"
 
 
 rule all:
@@ -26,3 +30,6 @@ rule all:
         RESULTS / "tables/registration_qc.tsv",
         RESULTS / "tables/failures.tsv",
         RESULTS / "features/features.parquet",
+        RESULTS / "tables/metrics.tsv",
+        SEGMENTATION_TARGETS,
+        FIGURE_TARGETS,

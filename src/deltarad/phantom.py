@@ -30,7 +30,7 @@ TISSUES = {
         "organ": 60.0,
         "bone": 600.0,
         "vessel": 170.0,
-        "tumor": 75.0,
+        "tumor": 10.0,  # hypoattenuating lesion (~50 HU below the organ), as on contrast CT
         "texture_gain": 1.0,
         "unit_gain": 1.0,
     },

@@ -72,8 +72,14 @@ def input_hashes(samples: pd.DataFrame, sheets: list[str | Path]) -> dict[str, s
 
 
 def build(
-    config: dict[str, Any], samples: pd.DataFrame, sheets: list[str | Path], repo: str | Path
+    config: dict[str, Any],
+    samples: pd.DataFrame,
+    sheets: list[str | Path],
+    repo: str | Path,
+    parameter_files: dict[str, str | Path] | None = None,
 ) -> dict[str, Any]:
+    """The run's provenance. `parameter_files`: config role -> file (e.g. the pyradiomics parameter
+    file as `features.params`), recorded with its SHA-256 so a feature table names its settings."""
     return {
         "deltarad_config_sha256": config_hash(config),
         "config": config,
@@ -82,6 +88,10 @@ def build(
         "platform": platform.platform(),
         "packages": package_versions(),
         "inputs_sha256": input_hashes(samples, sheets),
+        "parameter_files": {
+            role: {"path": str(path), "sha256": io.sha256(path)}
+            for role, path in sorted((parameter_files or {}).items())
+        },
         "n_patients": int(samples["patient_id"].nunique()),
         "n_scans": len(samples),
     }
@@ -93,6 +103,7 @@ def write(
     sheets: list[str | Path],
     repo: str | Path,
     out: str | Path,
+    parameter_files: dict[str, str | Path] | None = None,
 ) -> None:
     samples = io.read_tsv(samples_path)
-    io.write_json(build(config, samples, [samples_path, *sheets], repo), out)
+    io.write_json(build(config, samples, [samples_path, *sheets], repo, parameter_files), out)

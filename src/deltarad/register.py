@@ -380,7 +380,7 @@ def register_scan(
     registered = resample_moving(moving, fixed, result.transform)
     io.write_image(registered, out_image)
     if out_figure:
-        from deltarad.qc import registration_figure
+        from deltarad.figures.registration import registration_figure
 
         before = resample_moving(moving, fixed, sitk.Transform(3, sitk.sitkIdentity))
         registration_figure(fixed, before, registered, tumor, where, out_figure)

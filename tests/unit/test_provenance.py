@@ -14,8 +14,15 @@ def test_provenance_records_inputs_versions_and_commit(
 ):
     monkeypatch.chdir(tiny_cohort)
     out = tmp_path / "provenance.json"
-    provenance.write(tiny_config, "samples.tsv", ["clinical.tsv"], REPO, out)
+    params = REPO / "config/radiomics/ct.yaml"
+    provenance.write(
+        tiny_config, "samples.tsv", ["clinical.tsv"], REPO, out, {"features.params": params}
+    )
     data = json.loads(out.read_text())
+    assert data["parameter_files"]["features.params"] == {
+        "path": str(params),
+        "sha256": io.sha256(params),
+    }
     assert data["deltarad_config_sha256"] == config_hash(tiny_config)
     assert data["n_patients"] == 6 and data["n_scans"] == 12
     assert data["inputs_sha256"]["images/C1-001/baseline.nii.gz"] == io.sha256(

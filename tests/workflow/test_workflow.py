@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
+import re
 
 import pandas as pd
 import pytest
@@ -15,35 +12,10 @@ import yaml
 from deltarad import io
 from deltarad.cohort import SAMPLE_COLUMNS
 from deltarad.qc import REGISTRATION_QC_COLUMNS
-from tests.conftest import CONFIGS, REPO
+from tests.conftest import CONFIGS
+from tests.workflow.conftest import snakemake
 
 pytestmark = pytest.mark.workflow
-SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-
-
-def snakemake(workdir: Path, *args: str, configs=CONFIGS) -> subprocess.CompletedProcess:
-    cmd = [
-        str(SNAKEMAKE),
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--cores",
-        "2",
-        "--configfile",
-        *map(str, configs),
-        *args,
-    ]
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("wf")
-    result = snakemake(workdir)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return workdir
 
 
 def test_tiny_workflow_writes_the_contract_outputs(finished_run, tiny_cohort_ro):
@@ -91,6 +63,124 @@ def test_features_table(finished_run):
     timepoints = {c.split("__")[0] for c in table.columns[1:]}
     assert timepoints == {"baseline", "followup", "delta", "reldelta"}
     assert "baseline__tumor__pyrad__original_firstorder_Mean" in table.columns
+
+
+def test_models_metrics_table(finished_run):
+    """The model stage ran on the tiny cohort: metrics.tsv has the contract columns."""
+    metrics = io.read_tsv(finished_run / "results/tables/metrics.tsv")
+    assert list(metrics.columns) == [
+        "endpoint",
+        "model",
+        "feature_set",
+        "evaluation",
+        "metric",
+        "value",
+        "ci_low",
+        "ci_high",
+        "n",
+    ]
+    assert set(metrics["evaluation"]) <= {"external:C2"}  # 3 training patients: external only
+    assert "oracle" in set(metrics["feature_set"])
+
+
+def test_segmentation_outputs(finished_run):
+    """The default preset trains on the training centre and predicts every scan on its baseline
+    grid; QC and network predictions follow the output contract."""
+    results = finished_run / "results"
+    model = results / "models/segmentation/rpnet"
+    plan = json.loads((model / "plan.json").read_text())
+    assert plan["preset"]["name"] == "rpnet" and plan["topology"]["patch_size"]
+    split = json.loads((model / "splits.json").read_text())
+    assert {p for p, s in split.items() if s == "test"} == {"C2-001", "C2-002", "C2-003"}
+    assert set(plan["train_patients"]) | set(plan["validation_patients"]) == {
+        "C1-001",
+        "C1-002",
+        "C1-003",
+    }
+    for pid in split:
+        base = io.read_image(results / f"preprocessed/{pid}/baseline.nii.gz")
+        for tp in ("baseline", "followup"):
+            mask = io.read_image(results / f"segmentation/rpnet/{pid}/{tp}.nii.gz")
+            assert io.Geometry.of(mask).mismatches(io.Geometry.of(base)) == []
+    qc = io.read_tsv(results / "tables/segmentation_qc.tsv")
+    assert list(qc.columns) == ["patient_id", "timepoint", "method", "dice", "hd95_mm"]
+    assert len(qc) == 12 and qc["dice"].astype(float).between(0, 1).all()
+    pred = io.read_tsv(results / "tables/network_predictions.tsv")
+    assert list(pred.columns) == [
+        "patient_id",
+        "method",
+        "response_probability",
+        "risk_score",
+        "split",
+    ]
+    assert len(pred) == 6 and pred["response_probability"].astype(float).between(0, 1).all()
+    assert pred["risk_score"].astype(float).notna().all()
+
+
+def planned_job_blocks(output: str) -> list[str]:
+    """The job blocks of a (dry-)run's output: each starts with its timestamp line."""
+    return re.split(r"\n(?=\[\w{3} \w{3} +\d+ [\d:]+ \d{4}\]\n)", output)
+
+
+def test_segmentation_jobs_request_a_gpu_only_for_cuda(finished_run, tmp_path):
+    """device: cuda makes training and prediction jobs declare gpu=1 (SLURM turns it into a
+    gres/gpu request, tests/cluster); on this GPU-less machine `auto` declares none."""
+    cuda = tmp_path / "cuda.yaml"
+    cuda.write_text(yaml.safe_dump({"segmentation": {"device": "cuda"}}))
+    # The device is not a training parameter (moving to a GPU must not retrain): force the plan.
+    force = ("-n", "--forcerun", "segment_train")
+    assert (
+        "rule segment_train:" not in snakemake(finished_run, "-n", configs=(*CONFIGS, cuda)).stdout
+    )
+    plan = snakemake(finished_run, *force, configs=(*CONFIGS, cuda))
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    jobs = planned_job_blocks(plan.stdout)
+    train = [j for j in jobs if "rule segment_train:" in j]
+    predict = [j for j in jobs if "rule segment_predict:" in j]
+    assert train and predict
+    assert all("gpu=1" in j for j in train + predict)
+    merge = [j for j in jobs if "rule features_merge:" in j]
+    assert merge and not any("gpu=1" in j for j in merge)
+    auto = snakemake(finished_run, *force)
+    assert "gpu=0" in auto.stdout and "gpu=1" not in auto.stdout
+
+
+def test_predicted_masks_feed_the_features_when_asked(finished_run, tmp_path):
+    predicted = tmp_path / "predicted.yaml"
+    predicted.write_text(yaml.safe_dump({"segmentation": {"masks": "predicted"}}))
+    plan = snakemake(finished_run, "-n", configs=(*CONFIGS, predicted))
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    jobs = [j for j in planned_job_blocks(plan.stdout) if "rule features_patient:" in j]
+    assert len(jobs) == 6
+    assert all("segmentation/rpnet/" in j and "_mask.nii.gz" not in j for j in jobs)
+    assert "rule segment_train:" not in plan.stdout  # the masks exist: nothing retrains
+
+
+def test_nnunet_backend_jobs_and_pretrained_model(finished_run, tmp_path):
+    """`nnunet` adds export -> plan -> train -> predict (all scans) and its masks to the QC; a
+    pretrained model folder skips export, planning and training. (The backend itself runs end
+    to end in tests/unit/segment/test_nnunet.py.)"""
+    nnunet = tmp_path / "nnunet.yaml"
+    nnunet.write_text(yaml.safe_dump({"segmentation": {"methods": ["rpnet", "nnunet"]}}))
+    plan = snakemake(finished_run, "-n", configs=(*CONFIGS, nnunet))
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    for rule in ("nnunet_export", "nnunet_plan", "nnunet_train", "nnunet_predict"):
+        assert f"rule {rule}:" in plan.stdout, rule
+    assert "segmentation/nnunet/C2-003/followup.nii.gz" in plan.stdout
+    assert "rule segment_train:" not in plan.stdout  # rpnet is untouched
+    pretrained = tmp_path / "pretrained.yaml"
+    pretrained.write_text(
+        yaml.safe_dump(
+            {"segmentation": {"methods": ["rpnet", "nnunet"], "nnunet": {"pretrained": "m"}}}
+        )
+    )
+    target = "results/tables/segmentation_qc.tsv"
+    plan = snakemake(finished_run, "-n", target, configs=(*CONFIGS, pretrained))
+    assert plan.returncode != 0  # the model folder "m" does not exist
+    assert "rule nnunet_train:" not in plan.stdout and "rule nnunet_export:" not in plan.stdout
+    text = plan.stdout + plan.stderr
+    assert "MissingInputException in rule nnunet_predict" in text
+    assert "m/fold_0/checkpoint_final.pth" in text
 
 
 def test_gate_drops_patients_and_the_rest_finish(finished_run, tmp_path):

@@ -8,11 +8,12 @@ from snakemake.utils import validate
 from dataclasses import asdict
 
 from deltarad.cohort import BASELINE, ValidationSettings, planned_scans
-from deltarad.config import check_config, schema_path
+from deltarad.config import check_config, check_results_dir, schema_path
+from deltarad.segment.stage import scan_paths
 from deltarad.synth import patient_outputs
 
 validate(config, schema=str(schema_path("config")))
-_problems = check_config(config)
+_problems = check_config(config) + check_results_dir(config)
 if _problems:
     raise WorkflowError("invalid configuration:\n  " + "\n  ".join(_problems))
 
@@ -104,7 +105,24 @@ def feature_scans(wildcards):
             folder = RESULTS / "registered" / wildcards.patient
             files[f"{tp}_image"] = folder / f"{tp}.nii.gz"
             files[f"{tp}_mask"] = folder / f"{tp}_mask.nii.gz"
+        if FEATURE_MASK_METHOD:
+            files[f"{tp}_mask"] = (
+                RESULTS
+                / "segmentation"
+                / FEATURE_MASK_METHOD
+                / wildcards.patient
+                / f"{tp}.nii.gz"
+            )
     return files
+
+
+# masks: predicted -> features use this segmentation method's masks instead of the given ones.
+FEATURE_MASK_METHOD = (
+    config["segmentation"]["feature_method"]
+    or next(iter(config["segmentation"]["methods"]), "(none)")
+    if config["segmentation"]["masks"] == "predicted"
+    else None
+)
 
 
 # A timepoint other than the baseline (registration targets).
@@ -152,3 +170,106 @@ def registration_inputs(wildcards):
             truth / f"transforms/{wildcards.patient}/followup.json"
         )
     return files
+
+
+def model_inputs(wildcards):
+    """Features, sheets, and (synthetic) the truth for the oracle; end-to-end network
+    predictions when segmentation methods are configured."""
+    files = {
+        "features": RESULTS / "features/features.parquet",
+        "clinical": RESULTS / "tables/clinical.validated.tsv",
+        "samples": RESULTS / "tables/samples.validated.tsv",
+    }
+    if SYNTHETIC:
+        files["latent"] = COHORT / "truth/latent.tsv"
+    if (config.get("segmentation") or {}).get("methods"):
+        files["network"] = RESULTS / "tables/network_predictions.tsv"
+    return files
+
+
+# ---- segmentation (workflow/rules/segment.smk) ----
+
+
+def training_settings(wildcards):
+    """What one method's training depends on. Device, masks and the other presets are left out:
+    changing them must not retrain."""
+    seg = config["segmentation"]
+    keys = ("seed", "validation_fraction", "training", "network", "augmentation")
+    preset = {wildcards.method: seg["presets"][wildcards.method]}
+    return {**{k: seg[k] for k in keys}, "presets": preset}
+
+
+def segmentation_scans(patients, masks=True):
+    """Images (and given masks) of `patients` on their baseline grids, by scan."""
+    table = validated_table()
+    files = {}
+    for pid, tp in table[table["patient_id"].isin(patients)][
+        ["patient_id", "timepoint"]
+    ].itertuples(index=False):
+        image, mask = scan_paths(RESULTS, pid, tp)
+        files[f"{pid}__{tp}"] = image
+        if masks:
+            files[f"{pid}__{tp}_mask"] = mask
+    return files
+
+
+def network_training_inputs(wildcards):
+    """Scans of the training centres' patients (all but the external centres), after validation."""
+    table = validated_table()
+    external = config["study"]["external_centers"]
+    return segmentation_scans(table.loc[~table["center"].isin(external), "patient_id"])
+
+
+def training_modality(wildcards):
+    """The training centres' modality (nnU-Net's channel name; `CT` selects its CT scheme)."""
+    table = validated_table()
+    external = config["study"]["external_centers"]
+    return table.loc[~table["center"].isin(external), "modality"].mode().iloc[0]
+
+
+def nnunet_prediction_inputs(wildcards):
+    """Every scan on its baseline grid, named `{patient}__{timepoint}` like the outputs."""
+    return segmentation_scans(PATIENTS, masks=False)
+
+
+def network_prediction_inputs(wildcards):
+    files = segmentation_scans([wildcards.patient], masks=False)
+    folder = RESULTS / "models/segmentation" / wildcards.method
+    files["plan"] = folder / "plan.json"
+    files["checkpoint"] = folder / "checkpoint_final.pt"
+    return files
+
+
+def network_outcome_inputs(wildcards):
+    """Every patient's scans and the trained networks with outcome heads."""
+    files = segmentation_scans(PATIENTS, masks=False)
+    for method in OUTCOME_METHODS:
+        files[f"plan__{method}"] = RESULTS / f"models/segmentation/{method}/plan.json"
+        files[f"checkpoint__{method}"] = (
+            RESULTS / f"models/segmentation/{method}/checkpoint_final.pt"
+        )
+        files[f"splits__{method}"] = (
+            RESULTS / f"models/segmentation/{method}/splits.json"
+        )
+    return files
+
+
+def segmentation_qc_inputs(wildcards):
+    """Predicted masks of every method and scan, with their reference masks (the truth on the
+    synthetic cohort, else the given masks on the baseline grid)."""
+    files = {}
+    for method in MASK_METHODS:
+        for pid, tp in PLANNED[["patient_id", "timepoint"]].itertuples(index=False):
+            files[f"pred__{method}__{pid}__{tp}"] = (
+                RESULTS / f"segmentation/{method}/{pid}/{tp}.nii.gz"
+            )
+    for pid, tp in PLANNED[["patient_id", "timepoint"]].itertuples(index=False):
+        files[f"ref__{pid}__{tp}"] = reference_mask(pid, tp)
+    return files
+
+
+def reference_mask(pid, tp):
+    if SYNTHETIC:
+        name = tp if tp == BASELINE else f"{tp}_in_baseline"
+        return COHORT / f"truth/masks/{pid}/{name}.nii.gz"
+    return scan_paths(RESULTS, pid, tp)[1]

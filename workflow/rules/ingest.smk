@@ -1,5 +1,5 @@
 # Ingest: generate the synthetic cohort (default) or take the user's sheets, then validate.
-
+from deltarad.features.handcrafted import resolve_params
 
 if SYNTHETIC:
 
@@ -72,6 +72,7 @@ rule provenance:
         samples=RESULTS / "tables/samples.validated.tsv",
         clinical=RESULTS / "tables/clinical.validated.tsv",
         scans=validated_scan_files,
+        radiomics_params=resolve_params(config["features"]["params"]),
     output:
         RESULTS / "provenance.json",
     log:
@@ -83,7 +84,8 @@ rule provenance:
         mem_mb=scaled_mem(1000),
         runtime=30,
     params:
-        config=config,
+        # The figures block only restyles figures: changing it must not rerun this job.
+        config={k: v for k, v in config.items() if k != "figures"},
         repo=REPO,
         sheets=[samples_sheet(), clinical_sheet()],
     script:

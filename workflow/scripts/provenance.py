@@ -10,4 +10,5 @@ with log_to(snakemake.log[0]):
         [*snakemake.params.sheets, snakemake.input.clinical],
         snakemake.params.repo,
         snakemake.output[0],
+        parameter_files={"features.params": snakemake.input.radiomics_params},
     )

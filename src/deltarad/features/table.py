@@ -159,8 +159,12 @@ def merge_features(
     drop: set[str] = set()
     if excluded is not None and Path(excluded).stat().st_size > 0:
         drop = set(io.read_tsv(excluded).get("patient_id", pd.Series(dtype=str)).dropna())
-    rows = [pd.read_parquet(p) for p in partials]
-    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["patient_id"])
+    # Several partial files per patient (handcrafted, deep) are joined into one row.
+    by_patient: dict[str, dict[str, Any]] = {}
+    for path in partials:
+        for record in pd.read_parquet(path).to_dict("records"):
+            by_patient.setdefault(record["patient_id"], {}).update(record)
+    table = pd.DataFrame(list(by_patient.values()), columns=None if by_patient else ["patient_id"])
     table = table[~table["patient_id"].isin(drop)]
     timepoints = []
     for col in table.columns:
