@@ -65,7 +65,8 @@ if DEEP_METHOD:
             mem_mb=scaled_mem(3000),
             runtime=20,
         params:
-            settings=config["features"],
+            # Only what deep features depend on: pyradiomics settings must not rerun them.
+            settings={k: config["features"][k] for k in ("rings_mm", "body_threshold", "deep")},
             timepoints=feature_timepoints,
         script:
             "../scripts/features_deep.py"

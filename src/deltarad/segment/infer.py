@@ -120,7 +120,7 @@ def predict_pair(
     if net.decoder is not None and segment:
 
         def both_timepoints(x: torch.Tensor) -> torch.Tensor:
-            out = net(x[:, :1], x[:, 1:], outcome=False)
+            out = net(x[:, :1], x[:, 1:], outcome=False, reconstruct=False)
             return torch.sigmoid(torch.cat([out.seg[0][0], out.seg[1][0]], dim=1))
 
         volume = np.stack([pair.base, pair.follow])
@@ -135,6 +135,8 @@ def predict_pair(
         out = net(
             torch.from_numpy(bb)[None, None].to(device, memory_format=cl),
             torch.from_numpy(ff)[None, None].to(device, memory_format=cl),
+            segment=False,
+            reconstruct=False,
         )
         logit, log_risk = out.outcome[0].float().cpu().tolist()
         if "response" in net.preset.heads:

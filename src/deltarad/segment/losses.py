@@ -51,6 +51,8 @@ def cox_loss(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> tor
     risk = risk.double().reshape(-1)
     time = time.double().reshape(-1)
     event = event.double().reshape(-1)
+    known = ~(torch.isnan(time) | torch.isnan(event))  # a patient without survival data
+    risk, time, event = risk[known], time[known], event[known]
     n_events = event.sum()
     if n_events < 1:
         return (risk.sum() * 0.0).to(dtype)  # keeps the graph: no event, no information

@@ -173,21 +173,27 @@ class LongitudinalNet(nn.Module):
         return self.encoder(x)
 
     def forward(
-        self, base: torch.Tensor, follow: torch.Tensor, outcome: bool = True
+        self,
+        base: torch.Tensor,
+        follow: torch.Tensor,
+        outcome: bool = True,
+        segment: bool = True,
+        reconstruct: bool = True,
     ) -> NetworkOutput:
+        """Heads switched off by a flag are not computed (inference needs only some of them)."""
         # One pass of the shared encoder over both timepoints (the batch holds both).
         feats = self.encoder(torch.cat([base, follow], dim=0))
         n = base.shape[0]
         f_base = [f[:n] for f in feats]
         f_follow = [f[n:] for f in feats]
         seg = recon = out = None
-        if self.decoder is not None:
+        if self.decoder is not None and segment:
             both = self.decoder(feats)
             seg = [[o[:n] for o in both], [o[n:] for o in both]]
         if self.preset.outcome and outcome:
             fused = [self.fusions[str(i)](f_base[i], f_follow[i]) for i in self.outcome_levels]
             out = self.outcome_head(fused)
-        if self.reconstructor is not None:
+        if self.reconstructor is not None and reconstruct:
             rebuilt = self.reconstructor(feats)[0]
             recon = [rebuilt[:n], rebuilt[n:]]
         return NetworkOutput(seg, out, recon)

@@ -76,6 +76,14 @@ def poly_lr(initial: float, step: int, total: int) -> float:
     return initial * (1 - step / total) ** 0.9
 
 
+def _case_fingerprint(case: PairCase) -> list[Any]:
+    """What a checkpoint's validity depends on for one pair: its files (path, size, mtime) and
+    its outcome labels, so changed data with the same IDs restarts training instead of resuming."""
+    files = [case.base_image, case.follow_image, case.base_mask, case.follow_mask]
+    stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files if p is not None]
+    return [case.patient_id, case.timepoint, stats, case.response, case.time, case.event]
+
+
 def _settings_hash(data: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -153,8 +161,8 @@ def train_network(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     epochs, iters = tr["epochs"], tr["iterations_per_epoch"]
     fingerprint = _settings_hash(
-        {"settings": settings, "preset": preset.__dict__, "seed": seed,
-         "train": [c.patient_id + c.timepoint for c in train_cases], "plan": plan.to_json()}
+        {"settings": settings, "preset": preset.__dict__, "seed": seed, "plan": plan.to_json(),
+         "train": [_case_fingerprint(c) for c in train_cases]}
     )  # fmt: skip
     latest = out_dir / "checkpoint_latest.pt"
     history: list[dict[str, Any]] = []

@@ -4,6 +4,7 @@ resume, inference outputs, and clear errors."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -71,6 +72,29 @@ def test_cox_loss_equals_lifelines_partial_likelihood_with_ties_and_censoring():
     assert ours == pytest.approx(cph.log_likelihood_, rel=1e-7)
     # Shifting all risks leaves a partial likelihood unchanged.
     assert partial_log_likelihood(beta * x + 5.0, time, event) == pytest.approx(ours, rel=1e-9)
+
+
+def test_cox_loss_ignores_patients_without_survival_data():
+    risk = torch.tensor([0.3, -0.2, 1.0, 0.5], dtype=torch.float64)
+    time = torch.tensor([2.0, 3.0, float("nan"), 5.0])
+    event = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    full = cox_loss(risk, time, event)
+    assert torch.isfinite(full)
+    assert float(full) == pytest.approx(
+        float(cox_loss(risk[[0, 1, 3]], time[[0, 1, 3]], event[[0, 1, 3]]))
+    )
+
+
+def test_sliding_window_covers_a_volume_that_is_no_multiple_of_the_patch():
+    from deltarad.segment.infer import sliding_window
+
+    vol = np.random.default_rng(0).normal(size=(2, 13, 18, 21)).astype("f4")
+    out = sliding_window(lambda x: x, vol, np.array([8, 8, 8]), torch.device("cpu"))
+    np.testing.assert_allclose(out, vol, atol=1e-5)
+    small = sliding_window(
+        lambda x: x * 2, vol[:, :5, :6, :7], np.array([8, 8, 8]), torch.device("cpu")
+    )
+    np.testing.assert_allclose(small, 2 * vol[:, :5, :6, :7], atol=1e-5)  # padded, cropped back
 
 
 def test_cox_loss_without_events_is_zero_and_differentiable():
@@ -205,6 +229,11 @@ def test_killed_training_resumes_where_it_stopped(pairs, tmp_path, monkeypatch):
     train_network(pairs[:4], pairs[4:], SEG_OUTCOME, "MR", settings, tmp_path / "k", "cpu", seed=3)
     train_network(pairs[:4], pairs[4:], SEG_OUTCOME, "MR", settings, tmp_path / "u", "cpu", seed=3)
     resumed = pd.read_csv(tmp_path / "k/training_log.tsv", sep="\t")
+    # Changed data under the same IDs: the latest checkpoint is not reused (training restarts).
+    changed = [replace(pairs[0], response=1.0 - pairs[0].response), *pairs[1:4]]
+    train_network(changed, pairs[4:], SEG_OUTCOME, "MR", settings, tmp_path / "k", "cpu", seed=3)
+    restarted = pd.read_csv(tmp_path / "k/training_log.tsv", sep="\t")
+    assert list(restarted["epoch"]) == [1, 2, 3] and not restarted["loss"].equals(resumed["loss"])
     straight = pd.read_csv(tmp_path / "u/training_log.tsv", sep="\t")
     assert list(resumed["epoch"]) == [1, 2, 3]
     pd.testing.assert_frame_equal(resumed.drop(columns="seconds"), straight.drop(columns="seconds"))
