@@ -66,7 +66,10 @@ if DEEP_METHOD:
             runtime=20,
         params:
             # Only what deep features depend on: pyradiomics settings must not rerun them.
-            settings={k: config["features"][k] for k in ("rings_mm", "body_threshold", "deep")},
+            settings={
+                k: config["features"][k]
+                for k in ("rings_mm", "body_threshold", "deep")
+            },
             timepoints=feature_timepoints,
         script:
             "../scripts/features_deep.py"
