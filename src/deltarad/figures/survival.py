@@ -111,7 +111,8 @@ def km_figure(
             hr = common.with_ci(metric("hazard_ratio"), "HR")
             cidx = common.with_ci(metric("c_index"), "C")
             # Above the panel, not in it: the curves may pass anywhere in the axes.
-            head = f"{common.evaluation_label(evaluation)} · {common.model_label(model, fset)}"
+            # Two lines: one long line overlapped the neighbouring panels' titles.
+            head = f"{common.evaluation_label(evaluation)}\n{common.model_label(model, fset)}"
             stats = [", ".join(t for t in (text, hr) if t), cidx]
             ax.set_title("\n".join([head, *[t for t in stats if t]]), fontsize=style.font_size - 1)
             ax.set_xlabel(f"Time ({time_unit})")
