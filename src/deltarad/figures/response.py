@@ -16,33 +16,8 @@ from sklearn.metrics import roc_curve
 
 from deltarad.figures import common
 from deltarad.figures.style import Style, empty_panel, legend_below, save, subplots
-
-PREDICTION_COLUMNS = [
-    "patient_id",
-    "endpoint",
-    "model",
-    "feature_set",
-    "evaluation",
-    "score",
-    "center",
-    "fold",
-    "response",
-    "time",
-    "event",
-    "risk_group",
-    "threshold",
-]
-METRIC_COLUMNS = [
-    "endpoint",
-    "model",
-    "feature_set",
-    "evaluation",
-    "metric",
-    "value",
-    "ci_low",
-    "ci_high",
-    "n",
-]
+from deltarad.model.evaluate import METRIC_COLUMNS
+from deltarad.model.run import PREDICTION_COLUMNS
 
 
 def read_predictions(path: str | Path) -> pd.DataFrame:

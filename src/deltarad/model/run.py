@@ -25,6 +25,7 @@ from deltarad.model.featuresets import EmptyFeatureSet, FeatureSet, design
 from deltarad.model.stats import surv_array, weighted_times
 from deltarad.model.validation import ModelSettings, Split, fit_split, make_splits, oracle_cutoff
 from deltarad.runlog import UserError
+from deltarad.segment.stage import NETWORK_PREDICTION_COLUMNS
 
 log = logging.getLogger(__name__)
 PREDICTION_COLUMNS = [
@@ -42,7 +43,6 @@ PREDICTION_COLUMNS = [
     "risk_group",
     "threshold",
 ]
-NETWORK_COLUMNS = ["patient_id", "method", "response_probability", "risk_score", "split"]
 ORACLE = "oracle"
 
 
@@ -404,7 +404,7 @@ def _read_network(path: str | Path | None, methods: list[str]) -> pd.DataFrame |
     if not path or not methods:
         return None
     table = io.read_tsv(path)
-    missing = [c for c in NETWORK_COLUMNS if c not in table.columns]
+    missing = [c for c in NETWORK_PREDICTION_COLUMNS if c not in table.columns]
     if missing:
         raise UserError(f"{path}: missing column(s) {missing}")
     absent = sorted(set(methods) - set(table["method"]))
