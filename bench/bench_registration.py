@@ -48,6 +48,9 @@ def elastix_field(fixed_path: Path, moving_path: Path) -> tuple[sitk.Image, floa
     worker = Path(__file__).with_name("elastix_worker.py")
     done = subprocess.run(
         [sys.executable, str(worker), str(fixed_path), str(moving_path), str(out)],
+        # transformix also drops a deformationField.nii into the working directory: keep it
+        # beside the pair, not in the repository.
+        cwd=out.parent,
         capture_output=True,
         text=True,
         check=True,
