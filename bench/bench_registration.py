@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def elastix_field(fixed_path: Path, moving_path: Path) -> tuple[sitk.Image, float]:
     """Elastix default rigid -> affine -> B-spline (in a worker process, on all cores)."""
+    fixed_path, moving_path = fixed_path.resolve(), moving_path.resolve()
     out = fixed_path.with_name("elastix_field.nii.gz")
     worker = Path(__file__).with_name("elastix_worker.py")
     done = subprocess.run(
