@@ -29,7 +29,17 @@ METRIC_COLUMNS = [
     "ci_high",
     "n",
 ]
-TD_AUC_COLUMNS = ["endpoint", "model", "feature_set", "evaluation", "time", "auc"]
+# ci_low / ci_high: percentile bootstrap over test patients (models.bootstrap resamples).
+TD_AUC_COLUMNS = [
+    "endpoint",
+    "model",
+    "feature_set",
+    "evaluation",
+    "time",
+    "auc",
+    "ci_low",
+    "ci_high",
+]
 DELONG_COLUMNS = [
     "endpoint",
     "evaluation",
@@ -43,7 +53,11 @@ DELONG_COLUMNS = [
     "z",
     "p",
     "n",
+    "p_holm",
 ]
+# Holm's family: every paired test of one endpoint x evaluation (all scorers on the same test
+# patients); tests with an undefined p are not counted.
+HOLM_FAMILY = ["endpoint", "evaluation"]
 
 
 def _row(key: tuple, metric: str, est: stats.Estimate, n: int) -> dict:
@@ -125,17 +139,19 @@ def survival_metrics(
     times = stats.weighted_times(train, stats.auto_times(t, e, train["time"], list(quantiles)))
     td = stats.NA
     if len(times):
-        aucs, mean_auc = stats.td_auc(train, t, e, score, times)
-        td = stats.Estimate(mean_auc)
+        aucs, td = stats.td_auc_ci(train, t, e, score, times, counts)
         td_rows = [
             dict(zip(("endpoint", "model", "feature_set", "evaluation"), key, strict=True))
-            | {"time": float(tt), "auc": float(a)}
+            | {"time": float(tt), "auc": a.value, "ci_low": a.low, "ci_high": a.high}
             for tt, a in zip(times, aucs, strict=True)
         ]
     else:
         log.warning("%s: fewer than 2 test events inside the follow-up: td_auc NA", name)
     ibs = stats.NA
-    if surv is not None and surv.shape[1] >= 2:
+    missing = [] if surv is None else sorted(set(group["patient_id"]) - set(surv.index))
+    if missing:
+        log.warning("%s: no survival curves for %d test patient(s): ibs NA", name, len(missing))
+    elif surv is not None and surv.shape[1] >= 2:
         S = surv.loc[group["patient_id"]].to_numpy(float)
         ibs = stats.ibs(train, t, e, S, surv.columns.to_numpy(float), counts)
     high = (group["risk_group"] == "high").to_numpy()
@@ -153,7 +169,9 @@ def survival_metrics(
 
 
 def delong_table(predictions: pd.DataFrame) -> pd.DataFrame:
-    """Paired DeLong tests between every two response scorers on the same test patients."""
+    """Paired DeLong tests between every two response scorers on the same test patients, with
+    Holm-adjusted p-values within each :data:`HOLM_FAMILY` (many scorers are compared at once:
+    an unadjusted p < 0.05 among hundreds of pairs is expected by chance)."""
     rows = []
     resp = predictions[predictions["endpoint"] == "response"]
     for evaluation, ev in resp.groupby("evaluation", sort=True):
@@ -182,4 +200,9 @@ def delong_table(predictions: pd.DataFrame) -> pd.DataFrame:
                     "n": int(ok.sum()),
                 }
             )
-    return pd.DataFrame(rows, columns=DELONG_COLUMNS)
+    table = pd.DataFrame(rows, columns=DELONG_COLUMNS)
+    if len(table):
+        table["p_holm"] = table.groupby(HOLM_FAMILY, sort=False)["p"].transform(
+            lambda p: stats.holm(p.to_numpy(float))
+        )
+    return table

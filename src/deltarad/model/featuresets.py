@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from deltarad.model.harmonize import BATCH_COLUMN
+from deltarad.model.harmonize import BATCH_COLUMN, COVARIATE_PREFIX
 from deltarad.runlog import UserError
 
 log = logging.getLogger(__name__)
@@ -74,15 +74,21 @@ class FeatureSet:
         return out
 
 
-def encode_clinical(clinical: pd.DataFrame, names: Iterable[str]) -> pd.DataFrame:
+OUTCOME_COLUMNS = ("response", "time", "event")
+
+
+def encode_clinical(
+    clinical: pd.DataFrame, names: Iterable[str], key: str = "models.feature_sets"
+) -> pd.DataFrame:
     """Covariates as numbers: numeric columns as they are, text columns one-hot (first level
-    dropped, levels sorted). Indexed by patient_id. Encoding learns nothing from outcomes."""
+    dropped, levels sorted). Indexed by patient_id. Encoding learns nothing from outcomes.
+    ``key`` names the config key the names came from, for the error message."""
     frame = clinical.set_index("patient_id")
     out = {}
     for name in names:
         if name not in frame.columns:
             raise UserError(
-                f"config key 'models.feature_sets': clinical covariate '{name}' is not a column "
+                f"config key '{key}': clinical covariate '{name}' is not a column "
                 f"of the clinical sheet (columns: {sorted(frame.columns)})"
             )
         values = pd.to_numeric(frame[name], errors="coerce")
@@ -97,12 +103,32 @@ def encode_clinical(clinical: pd.DataFrame, names: Iterable[str]) -> pd.DataFram
     return pd.DataFrame(out, index=frame.index)
 
 
+def protected_covariates(clinical: pd.DataFrame, names: Iterable[str]) -> pd.DataFrame:
+    """The biological covariates ComBat protects (``models.harmonize.protect``), encoded like
+    clinical features and named ``__protect__<column>`` so that ComBat uses and drops them.
+    An outcome column is refused: protecting it would put the outcome into harmonisation."""
+    names = list(names)
+    outcome = [n for n in names if n in OUTCOME_COLUMNS]
+    if outcome:
+        raise UserError(
+            f"config key 'models.harmonize.protect': {outcome} is an outcome; ComBat may "
+            "protect only covariates known before treatment (e.g. age, sex, stage)"
+        )
+    encoded = encode_clinical(clinical, names, key="models.harmonize.protect")
+    return encoded.add_prefix(COVARIATE_PREFIX)
+
+
 def design(
-    fs: FeatureSet, features: pd.DataFrame, clinical: pd.DataFrame, centers: pd.Series
+    fs: FeatureSet,
+    features: pd.DataFrame,
+    clinical: pd.DataFrame,
+    centers: pd.Series,
+    protect: Iterable[str] = (),
 ) -> pd.DataFrame:
     """The model input of a feature set: one row per patient (index patient_id), the selected
-    columns plus the centre column ComBat needs. Raises :class:`EmptyFeatureSet` with the reason
-    when nothing is selected."""
+    columns plus the centre column ComBat needs and, when ``protect`` names clinical columns,
+    ComBat's protected covariates (only for sets with imaging columns: nothing to harmonise
+    otherwise). Raises :class:`EmptyFeatureSet` with the reason when nothing is selected."""
     table = features.set_index("patient_id") if "patient_id" in features.columns else features
     cols = fs.imaging_columns(table.columns)
     if fs.uses_imaging and not cols:
@@ -117,6 +143,9 @@ def design(
         parts.append(encode_clinical(clinical, fs.clinical))
     if not parts:
         raise EmptyFeatureSet(f"feature set '{fs.name}': selects neither imaging nor clinical")
+    protect = list(protect)
+    if cols and protect:
+        parts.append(protected_covariates(clinical, protect))
     X = pd.concat(parts, axis=1, join="inner") if len(parts) > 1 else parts[0]
     X = X.loc[X.index.intersection(centers.index)]
     X[BATCH_COLUMN] = centers.loc[X.index].astype(str).to_numpy()

@@ -11,9 +11,20 @@ Model (Johnson et al. 2007, Biostatistics 8:118; Fortin et al. 2017/2018, as neu
 standardised with the training grand mean (centre means weighted by centre size) and pooled
 variance; centre location ``gamma`` and scale ``delta`` are shrunk by parametric empirical Bayes
 (normal prior on gamma, inverse-gamma prior on delta, hyper-parameters by the method of moments
-across features within the centre) and removed. No biological covariates are modelled (the
-outcome must never enter, and the synthetic cohort has no centre-covariate confounding).
-Fitted on a whole data set it reproduces neuroCombat 0.2.12 to within 4e-6 (tests).
+across features within the centre) and removed. Fitted on a whole data set it reproduces
+neuroCombat 0.2.12 to within 4e-6 (tests).
+
+Biological covariates to protect (``models.harmonize.protect``: clinical columns such as age,
+sex, stage) enter as in Fortin et al. (2018, NeuroImage 167:104) and neuroCombat: the design
+matrix is [centre indicators, covariates], fitted by least squares on the training rows; the
+covariate effects ``beta`` are kept in every row's standardisation mean
+``grand_mean + covariates @ beta``, so ComBat removes the centre effect but not the part of a
+feature explained by the covariates, even when a centre has, say, more advanced stages. The
+covariate columns arrive with the prefix :data:`COVARIATE_PREFIX` (added by
+:func:`deltarad.model.featuresets.design`), are imputed like any column, and are dropped on
+output: they protect, they are not model features. A covariate that is constant or collinear
+with the centres in a training set cannot be separated from the centre effect there; it is left
+out of that fit (logged). The outcome is never a covariate.
 
 Policy for a centre not seen in training (``unseen``):
 
@@ -40,12 +51,39 @@ from sklearn.base import BaseEstimator, TransformerMixin
 log = logging.getLogger(__name__)
 
 BATCH_COLUMN = "__center__"
+COVARIATE_PREFIX = "__protect__"
 UNSEEN_POLICIES = ("estimate", "pooled")
 
 
 def is_imaging(column: str) -> bool:
-    """Imaging columns are ``{timepoint}__{region}__{source}__{feature}``; clinical ones not."""
-    return "__" in column and column != BATCH_COLUMN
+    """Imaging columns are ``{timepoint}__{region}__{source}__{feature}``; clinical ones not,
+    nor the centre and protected-covariate columns (they start with ``__``)."""
+    return "__" in column and not column.startswith("__")
+
+
+def is_covariate(column: str) -> bool:
+    """A protected biological covariate for ComBat (not a model feature)."""
+    return column.startswith(COVARIATE_PREFIX)
+
+
+def _estimable(C: np.ndarray, names: list[str], D: np.ndarray) -> list[int]:
+    """Indices of covariate columns that add rank to the centre indicators ``D`` (greedy, in
+    order): constant or centre-collinear covariates are not estimable in this training set."""
+    keep: list[int] = []
+    rank = np.linalg.matrix_rank(D)
+    for j in range(C.shape[1]):
+        trial = np.column_stack([D, C[:, keep + [j]]])
+        r = np.linalg.matrix_rank(trial)
+        if r > rank:
+            keep.append(j)
+            rank = r
+        else:
+            log.info(
+                "ComBat: covariate %s is constant or collinear with the centres in these "
+                "training rows; not protected in this fit",
+                names[j],
+            )
+    return keep
 
 
 def _moments_prior(delta_hat: np.ndarray) -> tuple[float, float]:
@@ -94,7 +132,10 @@ class ComBat(TransformerMixin, BaseEstimator):
     """ComBat by centre; the centre is the ``batch_column`` of the input frame (dropped on output).
 
     Only imaging columns (see :func:`is_imaging`) are harmonised; clinical columns pass through.
-    ``enabled=False`` only drops the centre column (the no-harmonisation baseline).
+    Columns named ``__protect__<covariate>`` are protected biological covariates (module
+    docstring): used in the fit and in the adjustment, dropped on output.
+    ``enabled=False`` only drops the centre and covariate columns (the no-harmonisation
+    baseline).
 
     Example:
         >>> import numpy as np, pandas as pd
@@ -127,12 +168,25 @@ class ComBat(TransformerMixin, BaseEstimator):
         cols = [c for c in X.columns if is_imaging(c)]
         return X[self.batch_column].astype(str), cols
 
+    def _covariates(self, X: pd.DataFrame) -> np.ndarray:
+        """The protected covariates of the fit (n x q); NaN is an error (impute first)."""
+        missing = [c for c in self.covariates_ if c not in X.columns]
+        if missing:
+            raise ValueError(f"ComBat: protected covariate column(s) {missing} missing")
+        C = X[self.covariates_].to_numpy(float) if self.covariates_ else np.zeros((len(X), 0))
+        if not np.all(np.isfinite(C)):
+            bad = [c for c in self.covariates_ if not np.all(np.isfinite(X[c].to_numpy(float)))]
+            raise ValueError(f"ComBat: protected covariate(s) {bad} have missing values")
+        return C
+
     def fit(self, X: pd.DataFrame, y: object = None) -> ComBat:
         if self.unseen not in UNSEEN_POLICIES:
             raise ValueError(f"ComBat unseen policy must be one of {UNSEEN_POLICIES}")
         batch, cols = self._split(X)
-        self.feature_names_in_ = np.asarray([c for c in X.columns if c != self.batch_column])
+        dropped = {self.batch_column, *(c for c in X.columns if is_covariate(c))}
+        self.feature_names_in_ = np.asarray([c for c in X.columns if c not in dropped])
         self.columns_ = cols
+        self.covariates_: list[str] = [c for c in X.columns if is_covariate(c)]
         self.batches_: list[str] = []
         self.skipped_batches_: list[str] = []
         if not self.enabled or not cols:
@@ -154,14 +208,29 @@ class ComBat(TransformerMixin, BaseEstimator):
         if not self.batches_:
             log.warning("ComBat: no training centre with >= %d patients", self.min_batch_size)
             return self
-        means = np.stack([Y[b == k].mean(axis=0) for k in self.batches_])
-        sizes = np.array([(b == k).sum() for k in self.batches_], float)
+        D = (b[:, None] == np.asarray(self.batches_)[None, :]).astype(float)
+        C = self._covariates(X.loc[keep])
+        est = _estimable(C, self.covariates_, D)
+        self.protected_ = [self.covariates_[j] for j in est]
+        self.beta_ = np.zeros((len(self.covariates_), Y.shape[1]))
+        if est:
+            # Least squares on [centre indicators, covariates] (full rank after _estimable):
+            # the small pseudo-inverse times Y, much faster than lstsq with thousands of
+            # right-hand sides.
+            design = np.column_stack([D, C[:, est]])
+            coef = np.linalg.pinv(design) @ Y
+            means = coef[: len(self.batches_)]
+            self.beta_[est] = coef[len(self.batches_) :]
+            fitted = design @ coef
+        else:  # plain ComBat: the least-squares fit is the centre means
+            means = np.stack([Y[b == k].mean(axis=0) for k in self.batches_])
+            fitted = means[np.searchsorted(self.batches_, b)]
+        sizes = D.sum(axis=0)
         self.grand_mean_ = (sizes[:, None] * means).sum(axis=0) / sizes.sum()
-        fitted = means[np.searchsorted(self.batches_, b)]
         var = ((Y - fitted) ** 2).mean(axis=0)
         self.valid_ = var > 1e-12 * np.maximum(1.0, self.grand_mean_**2)
         self.var_pooled_ = np.where(self.valid_, var, 1.0)
-        s = self._standardise(Y)
+        s = self._standardise(Y, C)
         gammas, deltas = [], []
         for k in self.batches_:
             g, d = eb_location_scale(s[b == k], self.empirical_bayes)
@@ -171,31 +240,43 @@ class ComBat(TransformerMixin, BaseEstimator):
         self.delta_star_ = np.stack(deltas)
         return self
 
-    def _standardise(self, Y: np.ndarray) -> np.ndarray:
-        return (Y - self.grand_mean_) / np.sqrt(self.var_pooled_)
+    def _stand_mean(self, C: np.ndarray) -> np.ndarray:
+        """Each row's expected feature values without a centre effect: the grand mean plus
+        the protected covariates' effects."""
+        return self.grand_mean_ + C @ self.beta_
 
-    def _adjust(self, Y: np.ndarray, gamma: np.ndarray, delta: np.ndarray) -> np.ndarray:
-        adj = (self._standardise(Y) - gamma) / np.sqrt(delta)
-        out = adj * np.sqrt(self.var_pooled_) + self.grand_mean_
+    def _standardise(self, Y: np.ndarray, C: np.ndarray) -> np.ndarray:
+        return (Y - self._stand_mean(C)) / np.sqrt(self.var_pooled_)
+
+    def _adjust(
+        self, Y: np.ndarray, C: np.ndarray, gamma: np.ndarray, delta: np.ndarray
+    ) -> np.ndarray:
+        adj = (self._standardise(Y, C) - gamma) / np.sqrt(delta)
+        out = adj * np.sqrt(self.var_pooled_) + self._stand_mean(C)
         return np.where(self.valid_, out, Y)
 
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:
         batch, _ = self._split(X)
-        out = X.drop(columns=[self.batch_column]).copy()
+        out = X.drop(columns=[self.batch_column, *self.covariates_], errors="ignore")
+        out = out.drop(columns=[c for c in out.columns if is_covariate(c)]).copy()
         if not self.enabled or not self.columns_ or not self.batches_:
             return out
         Y = X[self.columns_].to_numpy(float)
+        C = self._covariates(X)
         adjusted = Y.copy()
         for k in pd.unique(batch):
             rows = (batch == k).to_numpy()
             if k in self.batches_:
                 i = self.batches_.index(k)
-                adjusted[rows] = self._adjust(Y[rows], self.gamma_star_[i], self.delta_star_[i])
+                adjusted[rows] = self._adjust(
+                    Y[rows], C[rows], self.gamma_star_[i], self.delta_star_[i]
+                )
             elif k in self.skipped_batches_:
                 continue
             elif self.unseen == "estimate" and rows.sum() >= self.min_batch_size:
-                g, d = eb_location_scale(self._standardise(Y[rows]), self.empirical_bayes)
-                adjusted[rows] = self._adjust(Y[rows], g, d)
+                s = self._standardise(Y[rows], C[rows])
+                g, d = eb_location_scale(s, self.empirical_bayes)
+                adjusted[rows] = self._adjust(Y[rows], C[rows], g, d)
                 log.debug(
                     "ComBat: centre %s unseen in training: location/scale estimated from its "
                     "%d patients' features (training parameters fixed)",

@@ -19,10 +19,15 @@ import pandas as pd
 from joblib import Parallel, delayed
 
 from deltarad import io
-from deltarad.model import evaluate, summaries, survival
+from deltarad.model import curves, evaluate, summaries, survival
 from deltarad.model import response as response_models
-from deltarad.model.featuresets import EmptyFeatureSet, FeatureSet, design
-from deltarad.model.stats import surv_array, weighted_times
+from deltarad.model.featuresets import (
+    EmptyFeatureSet,
+    FeatureSet,
+    design,
+    protected_covariates,
+)
+from deltarad.model.stats import surv_array
 from deltarad.model.validation import ModelSettings, Split, fit_split, make_splits, oracle_cutoff
 from deltarad.runlog import UserError
 from deltarad.segment.stage import NETWORK_PREDICTION_COLUMNS
@@ -106,31 +111,6 @@ class Cohort:
         ok = t.notna() & e.notna()
         y = surv_array(t[ok], e[ok])
         return ok.index[ok].to_numpy(str), y, y["event"].astype(int)
-
-
-def _ibs_grid(test_t: np.ndarray, train_t: np.ndarray) -> np.ndarray:
-    if len(test_t) < 2:
-        return np.array([])
-    grid = np.unique(np.quantile(test_t, np.linspace(0.1, 0.8, 12)))
-    return grid[(grid >= test_t.min()) & (grid < min(test_t.max(), train_t.max()))]
-
-
-def _evaluations(splits: Sequence[Split], centers: np.ndarray) -> dict[str, tuple]:
-    """evaluation -> (test positions, training positions) for metrics needing training data."""
-    out: dict[str, tuple] = {}
-    nested = [s for s in splits if s.evaluation == "nested_cv"]
-    if nested:
-        out["nested_cv"] = (
-            np.concatenate([s.test for s in nested]),
-            np.union1d(nested[0].train, nested[0].test),
-        )
-    for s in splits:
-        if s.evaluation == "external":
-            for c in sorted(set(centers[s.test])):
-                out[f"external:{c}"] = (s.test[centers[s.test] == c], s.train)
-        elif s.evaluation != "nested_cv":
-            out[s.evaluation] = (s.test, s.train)
-    return out
 
 
 def _label(split: Split, center: str) -> str:
@@ -225,10 +205,14 @@ def run_models(
             for s in splits:
                 cut = oracle_cutoff(endpoint, settings, y[s.train], truth[s.train])
                 rec.add(ORACLE, ORACLE, s, s.test, truth[s.test], cut)
+                if endpoint == "survival":
+                    curves.store_score_curves(rec, ORACLE, ORACLE, s, s.train, truth, splits)
         tasks = []
         for fs in sets:
             try:
-                X = design(fs, cohort.features, cohort.clinical, cohort.centers).loc[ids]
+                X = design(
+                    fs, cohort.features, cohort.clinical, cohort.centers, settings.protect
+                ).loc[ids]
             except EmptyFeatureSet as err:
                 log.warning("%s: %s", endpoint, err)
                 continue
@@ -264,6 +248,7 @@ def run_models(
         train_centers,
         settings.preprocessing().named_steps["combat"],
         settings.check_features,
+        protected_covariates(cohort.clinical, settings.protect) if settings.protect else None,
     )
     io.write_table(check, out.harmonization_check)
     io.write_table(embed, out.harmonization_embedding)
@@ -313,7 +298,18 @@ def _run_feature_set(
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with io.atomic_path(path) as tmp:
                     joblib.dump(f.pipeline, tmp)
-                coef.append(summaries.coefficients(endpoint, m, fs, f.pipeline))
+                coef.append(
+                    summaries.coefficients(
+                        endpoint,
+                        m,
+                        fs,
+                        f.pipeline,
+                        X.iloc[s.train],
+                        y[s.train],
+                        settings.permutation_repeats,
+                        settings.seed,
+                    )
+                )
         if endpoint == "survival" and s.evaluation == "external" and fitted:
             pipe = next(iter(fitted.values())).pipeline
             hrs.append(
@@ -322,7 +318,7 @@ def _run_feature_set(
                 )
             )
         if endpoint == "survival":
-            _store_curves(rec, fitted, X, s, y, splits, rec.centers, fs)
+            curves.store_model_curves(rec, fitted, X, s, splits, fs)
     log.info(
         "%s / %s: %d columns, %d splits, %.1f s",
         endpoint,
@@ -341,38 +337,6 @@ def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
     )
 
 
-def _targets(s: Split, centers: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    """(evaluation, test positions) a split's test patients belong to."""
-    if s.evaluation != "external":
-        return [(s.evaluation, s.test)]
-    return [(f"external:{c}", s.test[centers[s.test] == c]) for c in sorted(set(centers[s.test]))]
-
-
-def _store_curves(
-    rec: Recorder,
-    fitted: dict,
-    X: pd.DataFrame,
-    s: Split,
-    y: np.ndarray,
-    splits: Sequence[Split],
-    centers: np.ndarray,
-    fs: str,
-) -> None:
-    """Survival curves of the test patients on their evaluation's time grid (for the IBS)."""
-    evals = _evaluations(splits, centers)
-    for ev, pos in _targets(s, centers):
-        test, train = evals[ev]
-        grid = weighted_times(y[train], _ibs_grid(y[test]["time"], y[train]["time"]))
-        if len(grid) < 2 or not len(pos):
-            continue
-        for m, f in fitted.items():
-            Z = f.pipeline[:-1].transform(X.iloc[pos])
-            S = survival.survival_at(f.pipeline[-1], Z, grid)
-            frame = pd.DataFrame(S, index=rec.ids[pos], columns=grid)
-            key = (m, fs, ev)
-            rec.curves[key] = pd.concat([rec.curves[key], frame]) if key in rec.curves else frame
-
-
 def _metrics(
     endpoint: str,
     rec: Recorder,
@@ -383,7 +347,7 @@ def _metrics(
 ) -> tuple[list[dict], list[dict]]:
     rows: list[dict] = []
     td: list[dict] = []
-    evals = _evaluations(splits, centers)
+    evals = curves.evaluations(splits, centers)
     frame = pd.DataFrame(rec.rows, columns=PREDICTION_COLUMNS)
     for (model, fs, ev), group in frame.groupby(["model", "feature_set", "evaluation"], sort=True):
         key = (endpoint, model, fs, ev)
@@ -391,9 +355,15 @@ def _metrics(
             rows += evaluate.response_metrics(key, group, settings.bootstrap, settings.seed)
             continue
         train = y[evals[ev][1]] if ev in evals else y
-        curves = rec.curves.get((model, fs, ev))
+        surv_curves = rec.curves.get((model, fs, ev))
         r, t = evaluate.survival_metrics(
-            key, group, train, curves, settings.bootstrap, settings.seed, settings.time_quantiles
+            key,
+            group,
+            train,
+            surv_curves,
+            settings.bootstrap,
+            settings.seed,
+            settings.time_quantiles,
         )
         rows += r
         td += t
@@ -465,3 +435,8 @@ def _add_network(
             scores.loc[rec.ids[test]].to_numpy(float),
             cut,
         )
+        if endpoint == "survival" and train:
+            by_pos = scores.reindex(rec.ids).to_numpy(float)
+            curves.store_score_curves(
+                rec, "end_to_end", f"network:{method}", s, np.asarray(train), by_pos, splits, test
+            )

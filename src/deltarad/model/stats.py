@@ -1,6 +1,6 @@
 """Statistics of a score on test patients: AUC with DeLong CI and paired DeLong test, threshold
 metrics, calibration, Brier, Harrell's and Uno's C, time-dependent AUC, integrated Brier score,
-Kaplan-Meier risk groups (log-rank, hazard ratio).
+Kaplan-Meier risk groups (log-rank, hazard ratio), Holm's correction of a family of tests.
 
 Bootstrap CIs are percentile intervals over patient resamples drawn with an explicit seed. They are
 vectorised: every statistic here is a (weighted) sum over patients or patient pairs, so a resample
@@ -347,6 +347,56 @@ def weighted_times(train: np.ndarray, times: np.ndarray) -> np.ndarray:
     return times[censoring_survival(train, times) > 0]
 
 
+def _km_at(time: np.ndarray, event: np.ndarray, W: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Kaplan-Meier S(t) at ``times`` for each row of patient weights W (B x n): one product-limit
+    estimate per bootstrap resample, vectorised (W = ones gives the ordinary estimate)."""
+    u = np.unique(time[event])
+    if not len(u):
+        return np.ones((W.shape[0], len(times)))
+    deaths = W @ (event[:, None] & (time[:, None] == u[None, :])).astype(float)
+    at_risk = W @ (time[:, None] >= u[None, :]).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        factor = np.where(at_risk > 0, 1.0 - deaths / at_risk, 1.0)
+    cum = np.cumprod(factor, axis=1)
+    idx = np.searchsorted(u, np.asarray(times, float), side="right") - 1
+    return np.where(idx >= 0, cum[:, np.maximum(idx, 0)], 1.0)
+
+
+def _td_auc_weighted(
+    train: np.ndarray,
+    time: np.ndarray,
+    event: np.ndarray,
+    score: np.ndarray,
+    times: np.ndarray,
+    W: np.ndarray,
+    tied_tol: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(B x K) cumulative/dynamic AUCs and (B) their KM-weighted means for patient weights W."""
+    t, e = np.asarray(time, float), np.asarray(event).astype(bool)
+    s = np.asarray(score, float)
+    with np.errstate(divide="ignore"):
+        w = np.where(e, 1.0 / censoring_survival(train, t), 0.0)
+    w = np.where(np.isfinite(w), w, 0.0)  # G = 0 only after every evaluation time
+    d = s[:, None] - s[None, :]
+    conc = np.where(np.abs(d) <= tied_tol, 0.5, (d > 0).astype(float))
+    aucs = np.full((W.shape[0], len(times)), np.nan)
+    for k, tk in enumerate(times):
+        case = ((t <= tk) & e) * w
+        control = (t > tk).astype(float)
+        num = (((W * case) @ conc) * (W * control)).sum(axis=1)
+        den = (W @ case) * (W @ control)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            aucs[:, k] = np.where(den > 0, num / den, np.nan)
+    if len(times) == 1:
+        return aucs, aucs[:, 0].copy()
+    surv = _km_at(t, e, W, np.asarray(times, float))
+    dS = -np.diff(np.column_stack([np.ones(len(W)), surv]), axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = (aucs * dS).sum(axis=1) / (1.0 - surv[:, -1])
+    mean[~np.all(np.isfinite(aucs), axis=1) | (surv[:, -1] >= 1.0)] = np.nan
+    return aucs, mean
+
+
 def td_auc(
     train: np.ndarray,
     time: np.ndarray,
@@ -360,27 +410,42 @@ def td_auc(
     scikit-survival's ``cumulative_dynamic_auc``. Written as weighted pair sums so that a test
     patient followed beyond the training data (where the censoring curve is undefined) does
     not make every time point fail; such patients only ever act as controls here."""
-    from sksurv.nonparametric import SurvivalFunctionEstimator
+    ones = np.ones((1, len(np.asarray(time))))
+    aucs, mean = _td_auc_weighted(train, time, event, score, times, ones, tied_tol)
+    return aucs[0], float(mean[0])
 
-    t, e = np.asarray(time, float), np.asarray(event).astype(bool)
-    s = np.asarray(score, float)
-    with np.errstate(divide="ignore"):
-        w = np.where(e, 1.0 / censoring_survival(train, t), 0.0)
-    w = np.where(np.isfinite(w), w, 0.0)  # G = 0 only after every evaluation time
-    d = s[:, None] - s[None, :]
-    conc = np.where(np.abs(d) <= tied_tol, 0.5, (d > 0).astype(float))
-    aucs = np.full(len(times), np.nan)
-    for k, tk in enumerate(times):
-        case = (t <= tk) & e
-        control = t > tk
-        if not case.any() or not control.any():
-            continue
-        wc = w * case
-        aucs[k] = float((wc @ conc @ control) / (wc.sum() * control.sum()))
-    if len(times) == 1:
-        return aucs, float(aucs[0])
-    surv = SurvivalFunctionEstimator().fit(surv_array(t, e)).predict_proba(np.asarray(times))
-    dS = -np.diff(np.r_[1.0, surv])
-    if not np.all(np.isfinite(aucs)) or surv[-1] >= 1.0:
-        return aucs, math.nan
-    return aucs, float((aucs * dS).sum() / (1.0 - surv[-1]))
+
+def td_auc_ci(
+    train: np.ndarray,
+    time: np.ndarray,
+    event: np.ndarray,
+    score: np.ndarray,
+    times: np.ndarray,
+    counts: np.ndarray,
+    tied_tol: float = 1e-8,
+) -> tuple[list[Estimate], Estimate]:
+    """:func:`td_auc` with percentile bootstrap CIs over test-patient resamples (``counts``).
+
+    Each resample recomputes the pair sums and the test Kaplan-Meier weights of the mean; the
+    evaluation times and the training censoring weights G stay fixed (as for Uno's C and the
+    IBS), so the CI reflects the test patients' sampling variability only."""
+    n = len(np.asarray(time))
+    W = np.vstack([np.ones(n), counts])
+    aucs, mean = _td_auc_weighted(train, time, event, score, times, W, tied_tol)
+    per_time = [with_bootstrap(aucs[0, k], aucs[1:, k]) for k in range(len(times))]
+    return per_time, with_bootstrap(mean[0], mean[1:])
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm (1979) step-down adjusted p-values for one family of tests; NaN p-values (tests
+    that could not be computed) are not members of the family and stay NaN."""
+    p = np.asarray(p, float)
+    out = np.full(p.shape, np.nan)
+    ok = np.nonzero(np.isfinite(p))[0]
+    m = len(ok)
+    if not m:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out[order] = adjusted
+    return out

@@ -16,17 +16,58 @@ from deltarad.model.harmonize import BATCH_COLUMN, ComBat, is_imaging
 from deltarad.model.steps import Impute
 
 log = logging.getLogger(__name__)
-COEF_COLUMNS = ["endpoint", "model", "feature_set", "feature", "coefficient", "importance"]
+# importance_kind: what `importance` holds: `impurity` (forest / boosting impurity decrease),
+# `permutation` (mean drop of the training score when one feature is permuted; models with
+# neither coefficients nor impurity importances, e.g. random survival forests), or empty.
+COEF_COLUMNS = [
+    "endpoint",
+    "model",
+    "feature_set",
+    "feature",
+    "coefficient",
+    "importance",
+    "importance_kind",
+]
 HR_COLUMNS = ["feature_set", "model", "feature", "hr", "ci_low", "ci_high", "p"]
 CHECK_COLUMNS = ["feature", "center", "stage", "mean", "sd"]
 EMBED_COLUMNS = ["patient_id", "center", "stage", "pc1", "pc2"]
 
 
-def coefficients(endpoint: str, model: str, fs: str, pipe: Pipeline) -> pd.DataFrame:
-    """Standardised coefficients or impurity importances of a final model's selected features."""
+def coefficients(
+    endpoint: str,
+    model: str,
+    fs: str,
+    pipe: Pipeline,
+    X_train: pd.DataFrame | None = None,
+    y_train: np.ndarray | None = None,
+    repeats: int = 0,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Standardised coefficients or importances of a final model's selected features.
+
+    A model with neither (random survival forest) gets permutation importances on its own
+    training patients (``X_train``, ``y_train``) when ``repeats`` > 0: the mean drop of its
+    score (Harrell's C for survival, accuracy for response) over ``repeats`` seeded
+    permutations of each feature. On training data they say what the model uses, not what
+    generalises."""
     names = list(pipe.named_steps["reduce"].features_)
     module = response if endpoint == "response" else survival
-    coef, imp = module.importance(pipe.named_steps["model"])
+    final = pipe.named_steps["model"]
+    coef, imp = module.importance(final)
+    kind = "impurity" if imp is not None else ""
+    if coef is None and imp is None and repeats > 0 and X_train is not None and len(names):
+        try:
+            imp = permutation_importance(pipe, X_train, y_train, repeats, seed)
+            kind = "permutation"
+        except (ValueError, ArithmeticError) as err:  # e.g. no comparable pairs (tiny cohorts)
+            log.warning(
+                "%s/%s/%s: no permutation importances on the %d training patients (%s)",
+                endpoint,
+                model,
+                fs,
+                len(X_train),
+                err,
+            )
     if coef is None and imp is None:
         log.info("%s/%s/%s: model gives neither coefficients nor importances", endpoint, model, fs)
     n = len(names)
@@ -38,9 +79,26 @@ def coefficients(endpoint: str, model: str, fs: str, pipe: Pipeline) -> pd.DataF
             "feature": names,
             "coefficient": coef if coef is not None and len(coef) == n else np.nan,
             "importance": imp if imp is not None and len(imp) == n else np.nan,
+            "importance_kind": kind if imp is not None and len(imp) == n else "",
         },
         columns=COEF_COLUMNS,
-    )
+    ).astype({"coefficient": float, "importance": float})  # all-NA columns stay numeric
+
+
+def permutation_importance(
+    pipe: Pipeline, X: pd.DataFrame, y: np.ndarray, repeats: int, seed: int
+) -> np.ndarray:
+    """Mean permutation importance of each selected feature on the preprocessed training rows
+    (the model's own ``score``), seeded."""
+    from sklearn.inspection import permutation_importance as sk_permutation_importance
+
+    Z = pipe[:-1].transform(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = sk_permutation_importance(
+            pipe[-1], Z, y, n_repeats=repeats, random_state=seed, n_jobs=1
+        )
+    return np.asarray(result.importances_mean, float)
 
 
 def hazard_ratios(
@@ -83,9 +141,11 @@ def harmonization_check(
     train_centers: list[str],
     combat: ComBat,
     n_features: int,
+    covariates: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-centre mean/sd of the features with the strongest centre effect, and a 2-D PCA of
-    all imaging features, before and after ComBat fitted on the training centres' patients.
+    all imaging features, before and after ComBat fitted on the training centres' patients
+    (with the protected ``covariates``, indexed by patient_id, when configured).
 
     Features are chosen by the F statistic across training centres before harmonisation; the PCA
     is fitted on the training patients of each stage and applied to all patients."""
@@ -95,6 +155,8 @@ def harmonization_check(
         log.warning("harmonisation check: no imaging features")
         return pd.DataFrame(columns=CHECK_COLUMNS), pd.DataFrame(columns=EMBED_COLUMNS)
     X = table[cols].astype(float)
+    if covariates is not None:
+        X = X.join(covariates, how="left")
     X[BATCH_COLUMN] = centers.loc[X.index].astype(str).to_numpy()
     is_train = X[BATCH_COLUMN].isin(train_centers).to_numpy()
     imp = Impute().fit(X[is_train])

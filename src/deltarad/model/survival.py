@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator
 from sksurv.ensemble import GradientBoostingSurvivalAnalysis, RandomSurvivalForest
-from sksurv.linear_model import CoxnetSurvivalAnalysis
+from sksurv.linear_model import CoxnetSurvivalAnalysis, CoxPHSurvivalAnalysis
 
 from deltarad.runlog import UserError
 
@@ -54,6 +54,17 @@ def survival_at(model: BaseEstimator, X: Any, times: np.ndarray) -> np.ndarray:
     for i, f in enumerate(funcs):
         out[i] = f(np.clip(times, f.domain[0], f.domain[1]))
     return out
+
+
+def score_model(train_score: np.ndarray, train_y: np.ndarray) -> BaseEstimator:
+    """Survival functions for a bare risk score (the oracle's true latent risk, an end-to-end
+    network's risk head): a one-covariate Cox model on the training patients' scores (Breslow
+    baseline hazard), so that the score's integrated Brier score is computed like a fitted
+    model's, from training data only. Raises ValueError / ArithmeticError when it cannot fit."""
+    x = np.asarray(train_score, float)[:, None]
+    if not np.all(np.isfinite(x)) or not train_y["event"].any():
+        raise ValueError("risk scores not finite or no training events")
+    return CoxPHSurvivalAnalysis(ties="breslow").fit(x, train_y)
 
 
 def importance(model: BaseEstimator) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -54,6 +54,7 @@ class ModelSettings:
     time_quantiles: tuple[float, ...] = (0.25, 0.5, 0.75)
     hr_penalizer: float = 0.1
     check_features: int = 12
+    permutation_repeats: int = 5
 
     @classmethod
     def from_config(cls, block: Mapping[str, Any]) -> ModelSettings:
@@ -75,7 +76,13 @@ class ModelSettings:
             time_quantiles=tuple(block.get("time_quantiles", d.time_quantiles)),
             hr_penalizer=float(block.get("hr_penalizer", d.hr_penalizer)),
             check_features=int(block.get("check_features", d.check_features)),
+            permutation_repeats=int(block.get("permutation_repeats", d.permutation_repeats)),
         )
+
+    @property
+    def protect(self) -> tuple[str, ...]:
+        """Clinical columns ComBat keeps the effects of (``models.harmonize.protect``)."""
+        return tuple(str(c) for c in self.harmonize.get("protect", []) or [])
 
     def models(self, endpoint: str) -> Mapping[str, Mapping[str, Any]]:
         return self.response_models if endpoint == "response" else self.survival_models
@@ -257,6 +264,8 @@ def fit_split(
             continue
         pre = settings.preprocessing()
         Xtr = pre.fit_transform(X.iloc[tr], y[tr])
+        if Xtr.shape[1] == 0:  # said once below, for the whole training set
+            continue
         Xva = pre.transform(X.iloc[va])
         for m in models:
             for ci, params in enumerate(cands[m]):
@@ -267,6 +276,11 @@ def fit_split(
                     log.warning("%s, %s %s: inner fit failed (%s)", what, m, params, err)
     pre = settings.preprocessing()
     Xtr = pre.fit_transform(X.iloc[train], y[train])
+    if Xtr.shape[1] == 0:
+        raise UserError(
+            f"{what}: no feature survives the filters on the {len(train)} training patients "
+            "(all missing in more than models.filter.max_missing of them, or constant); skipped"
+        )
     out = {}
     for m in models:
         scores = [tuning_score(endpoint, y[train], oof[m][ci]) for ci in range(len(cands[m]))]

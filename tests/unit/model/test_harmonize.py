@@ -170,3 +170,122 @@ def test_matches_neurocombat_reference_values():
     X, _ = planted()
     out = ComBat().fit(X).transform(X)
     np.testing.assert_allclose(out.iloc[:2, :3].to_numpy(), NEUROCOMBAT, atol=1e-5)
+
+
+# --- protected biological covariates (Fortin et al. 2018 design matrix) ------------------------
+
+
+def planted_covariate(
+    n_per: int = 20, p: int = 12, seed: int = 4
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Three centres whose patients differ in stage (centre C has the advanced ones: centre and
+    biology are confounded), every feature = 1.0 x stage (features 0-5 only) + centre shift and
+    scale + noise; a continuous age with no effect."""
+    rng = np.random.default_rng(seed)
+    centers = np.repeat(["A", "B", "C"], n_per)
+    stage_mean = {"A": 1.5, "B": 2.5, "C": 3.5}
+    stage = np.array([np.clip(np.rint(rng.normal(stage_mean[c], 0.8)), 1, 4) for c in centers])
+    shift = {"A": 0.0, "B": 4.0, "C": -3.0}
+    scale = {"A": 1.0, "B": 1.5, "C": 0.7}
+    effect = np.r_[np.ones(6), np.zeros(p - 6)]
+    noise = rng.normal(size=(len(centers), p))
+    values = (
+        np.array([noise[i] * scale[c] + shift[c] for i, c in enumerate(centers)])
+        + stage[:, None] * effect[None, :]
+    )
+    X = pd.DataFrame(values, columns=[f"baseline__tumor__pyrad__f{i}" for i in range(p)])
+    X["__protect__stage"] = stage
+    X["__protect__age"] = rng.normal(60, 8, len(X))
+    X[BATCH_COLUMN] = centers
+    return X, stage
+
+
+def _stage_slope_and_centre_spread(out: pd.DataFrame, X: pd.DataFrame) -> tuple[float, float]:
+    """Pooled OLS slope of the stage-driven features on stage, and the spread of the centre
+    means of their stage-adjusted residuals (0 = no centre effect left)."""
+    stage = X["__protect__stage"].to_numpy()
+    cols = [f"baseline__tumor__pyrad__f{i}" for i in range(6)]
+    Y = out[cols].to_numpy()
+    A = np.column_stack([np.ones_like(stage), stage])
+    coef = np.linalg.lstsq(A, Y, rcond=None)[0]
+    resid = pd.DataFrame(Y - A @ coef).groupby(X[BATCH_COLUMN].to_numpy()).mean()
+    return float(coef[1].mean()), float(resid.std(axis=0).mean())
+
+
+def test_protected_covariate_effect_survives_and_centre_shift_is_removed():
+    X, _ = planted_covariate()
+    before_slope, before_spread = _stage_slope_and_centre_spread(X, X)
+    protected = ComBat().fit(X).transform(X)
+    assert "__protect__stage" not in protected.columns  # protects, is not a feature
+    assert BATCH_COLUMN not in protected.columns
+    slope, spread = _stage_slope_and_centre_spread(protected, X)
+    assert before_spread > 1.5  # the planted centre shifts
+    assert spread < 0.3  # removed ...
+    assert slope == pytest.approx(1.0, abs=0.15)  # ... while the stage effect (1.0) survives
+    # Without protection ComBat takes the between-centre part of the stage effect for a centre
+    # effect (centre C has the advanced stages) and shrinks it: the reason for the design matrix.
+    plain = ComBat().fit(X.drop(columns=["__protect__stage", "__protect__age"]))
+    naive, _ = _stage_slope_and_centre_spread(
+        plain.transform(X.drop(columns=["__protect__stage", "__protect__age"])), X
+    )
+    assert naive < 0.75 * slope
+
+
+def test_protected_covariates_fitted_on_training_rows_only():
+    X, _ = planted_covariate()
+    train, test = X.iloc[::2], X.iloc[1::2].copy()
+    a = ComBat().fit(train)
+    names = ("grand_mean_", "var_pooled_", "gamma_star_", "delta_star_", "beta_")
+    params = {k: getattr(a, k).copy() for k in names}
+    out1 = a.transform(test)
+    altered = test.copy()
+    altered.iloc[:, :4] = 1e3  # wildly different test features ...
+    altered["__protect__stage"] = 9.0  # ... and covariates
+    a.transform(altered)
+    b = ComBat().fit(train)
+    for k, v in params.items():
+        np.testing.assert_array_equal(getattr(a, k), v)
+        np.testing.assert_array_equal(getattr(b, k), v)
+    row = a.transform(test.iloc[[0]])
+    np.testing.assert_allclose(row.to_numpy(), out1.iloc[[0]].to_numpy())
+    # An unseen centre is estimated against the frozen parameters, covariates included.
+    unseen = ComBat().fit(X[X[BATCH_COLUMN] != "C"]).transform(X[X[BATCH_COLUMN] == "C"])
+    assert np.isfinite(unseen.to_numpy()).all()
+
+
+def test_constant_covariate_is_not_protected_and_says_so(caplog):
+    X, _ = planted_covariate()
+    X["__protect__sex_M"] = 1.0  # every training patient male: not separable from the centres
+    with caplog.at_level(logging.INFO):
+        combat = ComBat().fit(X)
+    assert "covariate __protect__sex_M is constant or collinear with the centres" in caplog.text
+    assert combat.protected_ == ["__protect__stage", "__protect__age"]
+    np.testing.assert_array_equal(combat.beta_[2], 0.0)
+    assert np.isfinite(combat.transform(X).to_numpy()).all()
+
+
+def test_protect_refuses_outcomes_and_unknown_columns():
+    from deltarad.model.featuresets import protected_covariates
+    from deltarad.runlog import UserError
+
+    clinical = pd.DataFrame({"patient_id": ["a", "b"], "age": [50, 60], "response": [0, 1]})
+    with pytest.raises(UserError, match="'models.harmonize.protect'.*outcome"):
+        protected_covariates(clinical, ["age", "response"])
+    with pytest.raises(UserError, match="'models.harmonize.protect'.*'stage' is not a column"):
+        protected_covariates(clinical, ["stage"])
+    assert list(protected_covariates(clinical, ["age"]).columns) == ["__protect__age"]
+
+
+# neuroCombat 0.2.12 on planted_covariate() with continuous_cols=["stage", "age"], first two
+# patients x three features, computed once outside the project's environment (neuroCombat is
+# not a dependency). Over all of planted_covariate() the two differed by at most 1.7e-6.
+NEUROCOMBAT_COVARIATES = [
+    [1.9678252579722293, 1.9402328000685034, 2.1656715287683537],
+    [-0.025672971580931847, 3.2248744031310546, 0.7521047974851126],
+]
+
+
+def test_protected_covariates_match_neurocombat_reference_values():
+    X, _ = planted_covariate()
+    out = ComBat().fit(X).transform(X)
+    np.testing.assert_allclose(out.iloc[:2, :3].to_numpy(), NEUROCOMBAT_COVARIATES, atol=1e-5)

@@ -3,6 +3,8 @@ one-patient centre, the oracle and network predictions."""
 
 from __future__ import annotations
 
+import logging
+
 import joblib
 import numpy as np
 import pandas as pd
@@ -20,6 +22,7 @@ CONFIG = {
         "inner_folds": 2,
         "bootstrap": 200,
         "selection": {"k": 3},
+        "harmonize": {"protect": ["age", "sex"]},
         "feature_sets": [
             {"name": "clinical", "clinical": ["age", "sex"]},
             {"name": "clinical+imaging", "clinical": ["age"], "timepoints": ["baseline"]},
@@ -155,7 +158,10 @@ def test_tables_have_the_contract_columns(finished):
     surv = pred[pred["endpoint"] == "survival"]
     assert set(surv["risk_group"].dropna()) == {"high", "low"}
     for name, cols in (
-        ("td_auc", ["endpoint", "model", "feature_set", "evaluation", "time", "auc"]),
+        (
+            "td_auc",
+            ["endpoint", "model", "feature_set", "evaluation", "time", "auc", "ci_low", "ci_high"],
+        ),
         ("hazard_ratios", ["feature_set", "model", "feature", "hr", "ci_low", "ci_high", "p"]),
         ("harmonization_check", ["feature", "center", "stage", "mean", "sd"]),
         ("harmonization_embedding", ["patient_id", "center", "stage", "pc1", "pc2"]),
@@ -230,7 +236,12 @@ def test_tiny_cohort_runs_with_clear_messages(tmp_path, caplog):
         io.write_table(table[table["patient_id"].isin(keep)], tmp_path / f"{name}.tsv")
     feats = pd.read_parquet(tmp_path / "features.parquet")
     feats[feats["patient_id"].isin(keep)].to_parquet(tmp_path / "features.parquet", index=False)
-    run(tmp_path, outputs)
+    forest = {"random_survival_forest": {"n_estimators": 5}}
+    models = {
+        **CONFIG["models"],
+        "survival_models": {**CONFIG["models"]["survival_models"], **forest},
+    }
+    run(tmp_path, outputs, {**CONFIG, "models": models})
     m = io.read_tsv(outputs["metrics"])
     assert list(m.columns)[:4] == ["endpoint", "model", "feature_set", "evaluation"]
     assert set(m["evaluation"]) <= {"external:D"}
@@ -245,3 +256,94 @@ def test_threads_do_not_change_results(finished, tmp_path):
         a = io.read_tsv(finished[name])
         b = io.read_tsv(outputs[name])
         pd.testing.assert_frame_equal(a, b)
+
+
+def test_oracle_rows_are_complete(finished):
+    """Every metric a model gets on some test patients, the oracle gets on the same patients
+    (the IBS through a Cox model of its training scores), with a CI where the models have one."""
+    m = io.read_tsv(finished["metrics"])
+    for c in ("value", "ci_low", "ci_high"):
+        m[c] = m[c].astype(float)
+    for (endpoint, ev), group in m.groupby(["endpoint", "evaluation"]):
+        oracle = group[group["model"] == "oracle"].set_index("metric")
+        models = group[~group["model"].isin(["oracle", "end_to_end"])]
+        assert set(models["metric"]) == set(oracle.index), (endpoint, ev)
+        finite = set(models.loc[models["value"].notna(), "metric"])
+        missing = {x for x in finite if not np.isfinite(oracle.loc[x, "value"])}
+        assert not missing - {"hazard_ratio", "logrank_p"}, (endpoint, ev, missing)
+        with_ci = set(models.loc[models["ci_low"].notna(), "metric"])
+        no_ci = {x for x in with_ci & finite if not np.isfinite(oracle.loc[x, "ci_low"])}
+        assert not no_ci - {"hazard_ratio"}, (endpoint, ev, no_ci)
+    ibs = m[(m["model"] == "oracle") & (m["metric"] == "ibs")].set_index("evaluation")
+    assert ibs.loc["external:D", "ci_low"] < ibs.loc["external:D", "value"]
+    assert ibs.loc["external:D", "value"] < ibs.loc["external:D", "ci_high"]
+    network = m[(m["feature_set"] == "network:mtms") & (m["metric"] == "ibs")]
+    assert network["value"].notna().all()
+
+
+def test_td_auc_table_has_bootstrap_cis(finished):
+    td = io.read_tsv(finished["td_auc"])
+    for c in ("auc", "ci_low", "ci_high"):
+        td[c] = td[c].astype(float)
+    ok = td.dropna(subset=["ci_low"])
+    assert len(ok) > 0.8 * len(td)
+    assert ((ok["ci_low"] <= ok["auc"] + 1e-12) & (ok["auc"] <= ok["ci_high"] + 1e-12)).all()
+    m = io.read_tsv(finished["metrics"])
+    rows = m[(m["metric"] == "td_auc") & m["value"].notna()]
+    assert rows["ci_low"].notna().all()
+
+
+def test_delong_holm_within_each_evaluation(finished):
+    from deltarad.model.stats import holm
+
+    d = io.read_tsv(finished["delong"])
+    d["p"], d["p_holm"] = d["p"].astype(float), d["p_holm"].astype(float)
+    ok = d["p"].notna()
+    assert (d.loc[ok, "p_holm"] >= d.loc[ok, "p"] - 1e-15).all()
+    assert d.loc[~ok, "p_holm"].isna().all()
+    for _, family in d.groupby(["endpoint", "evaluation"]):
+        np.testing.assert_allclose(family["p_holm"], holm(family["p"].to_numpy()))
+
+
+def test_protected_covariates_are_not_model_features(finished):
+    coef = io.read_tsv(finished["coefficients"])
+    assert not coef["feature"].str.startswith("__").any()
+    model = joblib.load(finished["models"] / "survival/clinical+imaging/coxnet.joblib")
+    assert model.named_steps["combat"].protected_ == ["__protect__age", "__protect__sex_M"]
+
+
+def test_random_survival_forest_gets_seeded_permutation_importances(caplog):
+    from deltarad.figures.models import COEFFICIENT_COLUMNS
+    from deltarad.model import summaries
+    from deltarad.model.stats import surv_array
+    from deltarad.model.validation import ModelSettings, fit_split
+
+    rng = np.random.default_rng(1)
+    n = 60
+    X = pd.DataFrame(
+        rng.normal(size=(n, 4)), columns=[f"baseline__tumor__pyrad__f{i}" for i in range(4)]
+    )
+    X["__center__"] = np.repeat(["A", "B"], n // 2)
+    time = rng.exponential(np.exp(-1.5 * X["baseline__tumor__pyrad__f0"].to_numpy())) * 10
+    y = surv_array(time, rng.random(n) < 0.8)
+    settings = ModelSettings.from_config(
+        {"survival_models": {"random_survival_forest": {"n_estimators": 20}}, "inner_folds": 2}
+    )
+    train = np.arange(n)
+    fitted = fit_split("survival", X, y, y["event"].astype(int), train, settings, 3, "t")
+    pipe = fitted["random_survival_forest"].pipeline
+    tables = [
+        summaries.coefficients("survival", "random_survival_forest", "fs", pipe, X, y, 5, 3)
+        for _ in range(2)
+    ]
+    pd.testing.assert_frame_equal(tables[0], tables[1])  # seeded
+    t = tables[0].set_index("feature")
+    assert (t["importance_kind"] == "permutation").all() and t["coefficient"].isna().all()
+    assert t["importance"].idxmax() == "baseline__tumor__pyrad__f0"
+    assert list(summaries.COEF_COLUMNS[: len(COEFFICIENT_COLUMNS)]) == COEFFICIENT_COLUMNS
+    # Training patients without a comparable pair (tiny cohorts): NA and a message, no crash.
+    only_last = surv_array(time, time == time.max())
+    with caplog.at_level(logging.WARNING):
+        t = summaries.coefficients("survival", "rsf", "fs", pipe, X, only_last, 5, 3)
+    assert t["importance"].isna().all()
+    assert "rsf/fs: no permutation importances on the 60 training patients" in caplog.text

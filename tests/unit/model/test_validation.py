@@ -144,3 +144,11 @@ def test_loco_needs_two_training_centres(caplog):
         splits = make_splits(centers, y, ["B"], SETTINGS)
     assert "loco: needs at least 2 training centres" in caplog.text
     assert not [s for s in splits if s.evaluation.startswith("loco")]
+
+
+def test_feature_set_with_no_surviving_features_gives_a_clear_message():
+    X, y, ys, _ = cohort()
+    X[[c for c in X.columns if c.startswith("baseline")]] = 1.0  # every feature constant
+    for endpoint, target, strata in (("response", y, y), ("survival", ys, ys["event"])):
+        with pytest.raises(UserError, match="no feature survives the filters on the 30 training"):
+            fit_split(endpoint, X, target, strata.astype(int), np.arange(30), SETTINGS, 1, "e")
