@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.image import imread
 
 from deltarad import io
@@ -299,12 +300,13 @@ def test_draw_reads_tables_and_names_missing_columns(tmp_path):
         build.draw("roc", inputs, out, options, {})
     io.write_table(make_metrics(), paths["metrics"])
     build.draw("roc", inputs, out, options, {"dpi": 72})
-    png_ok(Path(out["png"]), min_px=300)  # 2 of 3 panel widths at 72 dpi
+    # 2 of 3 panel widths at 72 dpi (340 px), cropped to the square panels' content.
+    png_ok(Path(out["png"]), min_px=250)
     with pytest.raises(UserError, match="unknown figure"):
         build.draw("pie", inputs, out, options, {})
 
 
-def test_harmonization_and_dice(tmp_path, style):
+def test_harmonization_and_dice(tmp_path, monkeypatch, style):
     from deltarad.figures import harmonization, segmentation
 
     check, emb = make_harmonization()
@@ -315,6 +317,13 @@ def test_harmonization_and_dice(tmp_path, style):
     segmentation.dice_figure(qc, samples, style, tmp_path / "d.png", tmp_path / "d.pdf")
     png_ok(tmp_path / "h.png")
     png_ok(tmp_path / "d.png")
+    # Empty predicted masks: Dice 0 and HD95 undefined everywhere; the HD95 panels say so.
+    empty = _drawn(monkeypatch, segmentation)
+    segmentation.dice_figure(
+        qc.assign(dice=0.0, hd95_mm=np.nan), samples, style, tmp_path / "e.png", tmp_path / "e.pdf"
+    )
+    texts = [t.get_text() for ax in empty[0].axes for t in ax.texts]
+    assert sum("HD95 (mm) undefined\nfor all 48 predictions" in t for t in texts) == 2
     with pytest.raises(UserError, match="not in samples.validated.tsv"):
         segmentation.with_centers(qc, samples.iloc[1:])
 
@@ -455,3 +464,79 @@ def test_short_feature_names():
         "baseline · tumor · LoG1.0_glcm_Idn"
     )
     assert len(common.short_feature("x" * 200)) == 56
+
+
+def _drawn(monkeypatch, module):
+    """Record the figures `module` saves (the figure functions close them after saving)."""
+    figures = []
+    real = module.save
+
+    def keep(fig, *args, **kwargs):
+        figures.append(fig)
+        real(fig, *args, **kwargs)
+
+    monkeypatch.setattr(module, "save", keep)
+    return figures
+
+
+def _layout_problems(fig) -> list[str]:
+    """Panels (with their titles, labels and legends), figure legends and figure texts that
+    leave the figure or overlap each other, as the renderer lays them out (the saved file is
+    cropped to its content, so an overflow would widen it instead of clipping it)."""
+    canvas = FigureCanvasAgg(fig)  # pyplot.close left the figure without a drawing canvas
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    figs = [fig, *fig.subfigs]
+    items = [
+        (f"panel {ax.get_title()!r}", ax.get_tightbbox(renderer))
+        for ax in fig.get_axes()
+        if ax.get_visible()
+    ]
+    items += [(f"legend in {f}", lg.get_window_extent(renderer)) for f in figs for lg in f.legends]
+    items += [
+        (f"text {t.get_text()!r}", t.get_window_extent(renderer))
+        for f in figs
+        for t in f.texts
+        if t.get_visible() and t.get_text().strip()
+    ]
+    box = fig.bbox.padded(1.0)
+    problems = [
+        f"outside: {name}"
+        for name, e in items
+        if not (box.contains(e.x0, e.y0) and box.contains(e.x1, e.y1))
+    ]
+    for i, (name, e) in enumerate(items):
+        for name2, e2 in items[i + 1 :]:
+            if e.padded(-1.0).overlaps(e2.padded(-1.0)):
+                problems.append(f"overlap: {name} / {name2}")
+    return problems
+
+
+@pytest.mark.parametrize("width_mm", [180.0, 88.0])
+def test_table1_and_harmonization_fit_the_style_width(tmp_path, monkeypatch, width_mm):
+    from deltarad.figures import harmonization, table1
+
+    narrow = Style.from_config({"dpi": 100, "width_mm": width_mm})
+    tables, harmonizations = _drawn(monkeypatch, table1), _drawn(monkeypatch, harmonization)
+    clinical = pd.DataFrame(
+        {
+            "patient_id": [f"{c}-{p}" for c in CENTERS for p in range(5)],
+            "response": ["1", "0", "NA", "1", "0"] * 4,
+            "time": [str(10.5 * k + 3) for k in range(20)],
+            "event": ["1", "0"] * 10,
+            "age": [str(40 + k) for k in range(20)],
+            "sex": ["F", "M", "M", "F", "M"] * 4,
+        }
+    )
+    samples = clinical[["patient_id"]].assign(center=clinical["patient_id"].str[:2])
+    table = cohort_table(clinical, samples, time_unit="months")
+    table1.table_figure(table, narrow, tmp_path / "t.png", tmp_path / "t.pdf")
+    check, emb = make_harmonization()
+    check = check.assign(feature=check["feature"].str.replace("original_", "wavelet-HHH_"))
+    harmonization.harmonization_figure(check, emb, narrow, tmp_path / "h.png", tmp_path / "h.pdf")
+    for fig in (*tables, *harmonizations):
+        assert fig.get_figwidth() * 25.4 == pytest.approx(width_mm, abs=0.5)
+        assert _layout_problems(fig) == []
+    for name in ("t", "h"):
+        # Cropped to the content plus TIGHT's 0.04 in padding: never wider than the style.
+        assert imread(tmp_path / f"{name}.png").shape[1] <= width_mm / 25.4 * 100 + 9

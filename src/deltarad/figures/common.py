@@ -6,10 +6,16 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
+from deltarad.figures.style import Style, empty_panel, subplots
 from deltarad.runlog import UserError
+
+T = TypeVar("T")
 
 # The models stage's reference: the synthetic cohort's true latent, scored like a model. Drawn
 # as a grey reference line, never ranked among the models.
@@ -127,6 +133,44 @@ def grid_shape(n: int, max_cols: int = 3) -> tuple[int, int]:
     return math.ceil(max(n, 1) / cols), cols
 
 
+def panel_grid(
+    style: Style,
+    panels: Sequence[T],
+    panel_aspect: float,
+    empty: str,
+    max_cols: int | None = None,
+    fill_width: bool = False,
+    **kwargs: Any,
+) -> tuple[Figure, list[tuple[Axes, T]]]:
+    """A figure with one panel per item of `panels`, in rows of at most `max_cols`
+    (default: what stays legible at the style's width), each panel `panel_aspect` (height /
+    width, decorations included) high. Returns the figure and (axes, panel) pairs; spare
+    cells of the last row are hidden, and with no panels at all the one panel says `empty`.
+
+    Why one helper: every multi-panel figure needs the same grid arithmetic, and a grid of
+    fewer columns than fit is not stretched to page width unless `fill_width` (a panel keeps
+    the size it has in a full row). Call inside :meth:`Style.context`; `kwargs` go to
+    :func:`~deltarad.figures.style.subplots`.
+    """
+    max_cols = style.max_cols if max_cols is None else max_cols
+    nrows, ncols = grid_shape(len(panels), max_cols)
+    width_fraction = 1.0 if fill_width else ncols / max_cols
+    fig, axes = subplots(
+        style,
+        aspect=panel_aspect * nrows / ncols,
+        nrows=nrows,
+        ncols=ncols,
+        width_fraction=width_fraction,
+        **kwargs,
+    )
+    flat = list(axes.ravel())
+    if not panels:
+        empty_panel(flat[0], empty)
+    for ax in flat[max(len(panels), 1) :]:
+        ax.set_visible(False)
+    return fig, list(zip(flat, panels, strict=False))
+
+
 def short_feature(name: str, max_len: int = 56) -> str:
     """A readable feature label: `delta__ring3to6mm__pyrad__original_glcm_Contrast` ->
     `delta · ring3to6mm · glcm_Contrast`."""
@@ -135,7 +179,35 @@ def short_feature(name: str, max_len: int = 56) -> str:
     # pyradiomics' filter prefixes: log-sigma-1-0-mm-3D_ -> LoG1.0_
     parts = [re.sub(r"log-sigma-(\d+)-(\d+)-mm-3D_", r"LoG\1.\2_", p) for p in parts]
     text = " · ".join(parts)
-    return text if len(text) <= max_len else "…" + text[-(max_len - 1) :]
+    if len(text) <= max_len:
+        return text
+    # Keep `timepoint · region`, cut the front of the feature name: both ends are needed to
+    # tell features apart (`baseline · tumor · …_glszm_ZoneEntropy`).
+    head = " · ".join(parts[:2]) + " · " if len(parts) > 2 else ""
+    room = max_len - len(head) - 1
+    if head and room >= 12:
+        return head + "…" + parts[-1][-room:]
+    return "…" + text[-(max_len - 1) :]
+
+
+def wrap_label(text: str, max_chars: int, max_lines: int = 3) -> str:
+    """`text` on lines of at most `max_chars`, broken after ` · `, `_` or `-` (feature names
+    have no spaces); what does not fit in `max_lines` is cut with `…` at the front of the
+    last line (the end of a feature name is its most specific part)."""
+    tokens = re.findall(r".+?(?: · |[_-]|$)", text)
+    lines: list[str] = []
+    for token in tokens:
+        if lines and len(lines[-1]) + len(token.rstrip()) <= max_chars:
+            lines[-1] += token
+        else:
+            lines.append(token)
+    lines = [line.rstrip(" ·") if line.endswith(" · ") else line for line in lines]
+    if len(lines) > max_lines:
+        rest = "".join(lines[max_lines - 1 :])
+        lines = [*lines[: max_lines - 1], "…" + rest[-(max_chars - 1) :]]
+    return "\n".join(
+        line if len(line) <= max_chars else "…" + line[-(max_chars - 1) :] for line in lines
+    )
 
 
 def oracle_rows(df: pd.DataFrame) -> pd.DataFrame:

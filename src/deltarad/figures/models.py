@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from deltarad.figures import common
-from deltarad.figures.style import Style, empty_panel, legend_on_top, save, subplots
+from deltarad.figures.style import Style, empty_panel, legend_on_top, save
 
 COEFFICIENT_COLUMNS = ["endpoint", "model", "feature_set", "feature", "coefficient"]
 METRIC_NAMES = {"auc": "AUC", "c_index": "C-index"}
@@ -39,33 +39,51 @@ def coefficients_figure(
         df["value"] = df["value"].fillna(pd.to_numeric(df["importance"], errors="coerce"))
     df = df.dropna(subset=["value"])
     # One value per feature (a table may repeat a feature, e.g. per fold): the mean.
+    if "importance_kind" not in df:
+        df["importance_kind"] = np.where(df["coefficient"].isna(), "impurity", "")
+    df["importance_kind"] = df["importance_kind"].fillna("")
     df = df.groupby(["endpoint", "model", "feature_set", "feature"], as_index=False, sort=False)
-    df = df.agg(value=("value", "mean"), coefficient=("coefficient", "mean"))
+    df = df.agg(
+        value=("value", "mean"),
+        coefficient=("coefficient", "mean"),
+        importance_kind=("importance_kind", "first"),
+    )
     endpoints = [e for e in ("response", "survival") if (df["endpoint"] == e).any()]
     with style.context():
-        nrows, ncols = common.grid_shape(len(endpoints), min(style.max_cols, 2))
-        fig, axes = subplots(
+        fig, grid = common.panel_grid(
             style,
-            aspect=(0.10 + 0.030 * max_features) * nrows * 2 / ncols,
-            nrows=nrows,
-            ncols=ncols,
+            endpoints,
+            (0.10 + 0.030 * max_features) * 2,
+            "no model coefficients",
+            max_cols=min(style.max_cols, 2),
+            fill_width=True,
         )
-        if not endpoints:
-            empty_panel(axes[0, 0], "no model coefficients")
-        for ax, endpoint in zip(axes.ravel(), endpoints, strict=False):
+        for ax, endpoint in grid:
             sub = df[df["endpoint"] == endpoint]
             model, fset = common.ranked_models(metrics, endpoint, "nested_cv", sub)[0]
             sub = sub[(sub["model"] == model) & (sub["feature_set"] == fset)]
+            # A zero coefficient is a feature the penalised model left out: not a top feature.
+            sub = sub[sub["value"] != 0]
             sub = sub.loc[sub["value"].abs().nlargest(max_features).index]
+            if sub.empty:
+                empty_panel(ax, f"{common.model_label(model, fset)}:\nall coefficients zero")
+                continue
             sub = sub.iloc[::-1]
             colors = [style.color(0) if c > 0 else style.color(1) for c in sub["value"]]
             y = np.arange(len(sub))
             ax.barh(y, sub["value"], color=colors, height=0.7)
-            ax.set_yticks(y, [common.short_feature(f, 40) for f in sub["feature"]])
+            # Two lines (timepoint · region, then the feature): whole names, narrow margin.
+            labels = [
+                common.wrap_label(common.short_feature(f, 200), 34, 2) for f in sub["feature"]
+            ]
+            ax.set_yticks(y, labels)
             ax.axvline(0, color="0.3", lw=0.8)
             effect = "log-odds" if endpoint == "response" else "log-hazard"
             if sub["coefficient"].notna().all():
                 ax.set_xlabel(f"Coefficient ({effect} per SD)")
+            elif (sub["importance_kind"] == "permutation").any():
+                metric = "AUC" if endpoint == "response" else "Harrell's C"
+                ax.set_xlabel(f"Permutation importance (drop in {metric})")
             else:
                 ax.set_xlabel("Importance (impurity decrease)")
             ax.set_title(f"{endpoint.capitalize()}: {common.model_label(model, fset)}")
@@ -136,11 +154,15 @@ def performance_figure(
         if ((metrics["endpoint"] == e) & (metrics["metric"] == m)).any()
     ]
     with style.context():
-        nrows, ncols = common.grid_shape(len(panels), min(style.max_cols, 2))
-        fig, axes = subplots(style, aspect=0.42 * nrows * 2 / ncols, nrows=nrows, ncols=ncols)
-        if not panels:
-            empty_panel(axes[0, 0], "no AUC or C-index in metrics.tsv")
-        for ax, (endpoint, metric) in zip(axes.ravel(), panels, strict=False):
+        fig, grid = common.panel_grid(
+            style,
+            panels,
+            0.84,
+            "no AUC or C-index in metrics.tsv",
+            max_cols=min(style.max_cols, 2),
+            fill_width=True,
+        )
+        for ax, (endpoint, metric) in grid:
             table = _best_model_per_set(metrics, endpoint, metric)
             evs = common.select_evaluations(table["evaluation"], evaluations)
             # The oracle (synthetic truth) last, as the reference.
@@ -148,7 +170,7 @@ def performance_figure(
             _bars(ax, table, sets, evs, style)
             ax.set_ylabel(METRIC_NAMES[metric])
             ax.set_title(endpoint.capitalize())
-        legend_on_top(fig, axes[0, 0])
+        legend_on_top(fig, grid[0][0] if grid else fig.axes[0])
         save(fig, style, out_png, out_pdf)
 
 
@@ -169,11 +191,15 @@ def multitask_figure(
         if ((net["endpoint"] == e) & (net["metric"] == m)).any()
     ]
     with style.context():
-        nrows, ncols = common.grid_shape(len(panels), min(style.max_cols, 2))
-        fig, axes = subplots(style, aspect=0.40 * nrows * 2 / ncols, nrows=nrows, ncols=ncols)
-        if not panels:
-            empty_panel(axes[0, 0], "no network:<method> rows in metrics.tsv")
-        for ax, (endpoint, metric) in zip(axes.ravel(), panels, strict=False):
+        fig, grid = common.panel_grid(
+            style,
+            panels,
+            0.8,
+            "no network:<method> rows in metrics.tsv",
+            max_cols=min(style.max_cols, 2),
+            fill_width=True,
+        )
+        for ax, (endpoint, metric) in grid:
             table = net[(net["endpoint"] == endpoint) & (net["metric"] == metric)]
             # One model per method: the network's own head if several models share a set.
             table = table.sort_values("value", ascending=False).drop_duplicates(
@@ -204,5 +230,5 @@ def multitask_figure(
                 )
             ax.set_ylabel(METRIC_NAMES[metric])
             ax.set_title(endpoint.capitalize())
-        legend_on_top(fig, axes[0, 0])
+        legend_on_top(fig, grid[0][0] if grid else fig.axes[0])
         save(fig, style, out_png, out_pdf)

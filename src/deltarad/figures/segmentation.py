@@ -56,6 +56,21 @@ def dice_figure(
         for j, tp in enumerate(timepoints):
             for i, (metric, label) in enumerate((("dice", "Dice"), ("hd95_mm", "HD95 (mm)"))):
                 ax = axes[i, j]
+                values = df.loc[df["timepoint"] == tp, metric]
+                if not df.empty and values.notna().sum() == 0:
+                    # Say why the panel is empty (HD95 is NA where a mask is empty) without
+                    # touching the x ticks, which are shared with the panel above.
+                    ax.text(
+                        0.5,
+                        0.5,
+                        f"{label} undefined\nfor all {len(values)} predictions\n"
+                        "(empty mask)",
+                        ha="center",
+                        va="center",
+                        transform=ax.transAxes,
+                        color="0.3",
+                    )
+                    ax.set_yticks([])
                 for k, method in enumerate(methods):
                     offset = (k - (len(methods) - 1) / 2) * width
                     data, pos = [], []
@@ -165,6 +180,10 @@ def overlay_figure(
                 ax.contour(
                     pred[z], levels=[0.5], colors=[style.color(1)], linewidths=1.0, linestyles="--"
                 )
+            else:
+                # Without this an empty prediction looks like a drawing error.
+                note = "prediction empty" if not pred.any() else "no prediction on this slice"
+                ax.text(0.03, 0.03, note, color="white", va="bottom", transform=ax.transAxes)
             # Short labels (legible when narrow): patient over the columns, timepoint beside
             # the rows, the slice inside the panel.
             ax.text(0.03, 0.97, f"z {z}", color="white", va="top", transform=ax.transAxes)

@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.colors import to_rgb  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.transforms import offset_copy  # noqa: E402
 
@@ -86,6 +87,12 @@ class Style:
         """The i-th palette colour (cycling when there are more series than colours)."""
         return self.palette[i % len(self.palette)]
 
+    def line_color(self, i: int) -> str:
+        """The i-th palette colour dark enough for thin lines and small markers on white
+        (pale ones, e.g. Okabe-Ito yellow, are skipped; all of them if none is dark)."""
+        dark = [c for c in self.palette if _luminance(c) < 0.75] or list(self.palette)
+        return dark[i % len(dark)]
+
     def rc(self) -> dict[str, Any]:
         """matplotlib rcParams of this style."""
         small = max(self.font_size - 1.0, 5.0)
@@ -116,6 +123,12 @@ class Style:
         """Draw inside this block so every artist picks up the style."""
         with matplotlib.rc_context(self.rc()):
             yield
+
+
+def _luminance(color: str) -> float:
+    """Relative luminance (0 black, 1 white) of a matplotlib colour."""
+    r, g, b = to_rgb(color)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
 
 
 def subplots(
@@ -163,6 +176,19 @@ def legend_below(ax: Axes, style: Style) -> None:
     stay whole. The gap is in points (tick labels + x label), whatever the panel's height."""
     gap = offset_copy(ax.transAxes, fig=ax.figure, y=-(2.8 * style.font_size + 4), units="points")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), bbox_transform=gap, handlelength=1.5)
+
+
+def shared_legend(fig: Figure, handles: list[Any], style: Style) -> None:
+    """One legend above all panels for series drawn in every panel (the models, in the same
+    colour everywhere), in as many columns as the longest label allows at the figure's width: the
+    long model names are written once, not under every panel where they overlapped."""
+    if not handles:
+        return
+    longest = max(len(h.get_label()) for h in handles)
+    # ~0.6 em per character at the legend font, plus the line sample and the gap (mm).
+    entry_mm = longest * 0.6 * max(style.font_size - 1.0, 5.0) * MM_PER_INCH / 72 + 12
+    ncols = max(1, min(len(handles), int(fig.get_figwidth() * MM_PER_INCH // entry_mm)))
+    fig.legend(handles=handles, loc="outside upper center", ncols=ncols)
 
 
 def legend_on_top(fig: Figure, ax: Axes) -> None:

@@ -9,10 +9,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
 from deltarad.figures import common
-from deltarad.figures.style import Style, empty_panel, legend_below, save, subplots
+from deltarad.figures.style import Style, empty_panel, save, shared_legend, subplots
 
 TD_AUC_COLUMNS = ["endpoint", "model", "feature_set", "evaluation", "time", "auc"]
 HR_COLUMNS = ["feature_set", "model", "feature", "hr", "ci_low", "ci_high", "p"]
@@ -62,20 +63,11 @@ def km_figure(
     rows = predictions[predictions["endpoint"] == "survival"].dropna(subset=["time", "event"])
     rows = rows[rows["risk_group"].isin(RISK_GROUPS)]
     chosen = common.select_evaluations(rows["evaluation"], evaluations)
-    nrows, ncols = common.grid_shape(len(chosen), style.max_cols)
     with style.context():
-        fig, axes = subplots(
-            style,
-            aspect=0.42 * nrows * 3 / ncols,
-            nrows=nrows,
-            ncols=ncols,
-            width_fraction=ncols / style.max_cols,
-            layout=None,
+        fig, grid = common.panel_grid(
+            style, chosen, 1.26, "no survival predictions with risk groups", layout=None
         )
-        flat = axes.ravel()
-        if not chosen:
-            empty_panel(flat[0], "no survival predictions with risk groups")
-        for ax, evaluation in zip(flat, chosen, strict=False):
+        for ax, evaluation in grid:
             df = rows[rows["evaluation"] == evaluation]
             model, fset = common.ranked_models(metrics, "survival", evaluation, df)[0]
             df = df[(df["model"] == model) & (df["feature_set"] == fset)]
@@ -118,13 +110,11 @@ def km_figure(
             ax.set_xlabel(f"Time ({time_unit})")
             ax.set_ylabel("Survival probability")
             ax.set_ylim(0, 1.02)
-            ax.legend(loc="upper right")
+            ax.legend(loc="best")  # the curves may run through any corner
             if fitters:
                 add_at_risk_counts(
                     *[f for f, _ in fitters], ax=ax, rows_to_show=["At risk"], ypos=-0.5
                 )
-        for ax in flat[len(chosen) :]:
-            ax.set_visible(False)
         fig.tight_layout(h_pad=2.0)
         save(fig, style, out_png, out_pdf)
 
@@ -139,52 +129,33 @@ def td_auc_figure(
     evaluations: Sequence[str] | None = None,
     time_unit: str = "days",
 ) -> None:
-    """Cumulative/dynamic AUC over follow-up time per model, one panel per evaluation."""
+    """Cumulative/dynamic AUC over follow-up time per model, one panel per evaluation, the
+    models named once above the panels (in the same colour in every panel)."""
+    from deltarad.figures.response import ORACLE_STYLE, model_colors, model_handles
+
     rows = td_auc[td_auc["endpoint"] == "survival"].dropna(subset=["time", "auc"])
     chosen = common.select_evaluations(rows["evaluation"], evaluations)
-    nrows, ncols = common.grid_shape(len(chosen), style.max_cols)
+    panels = [(ev, rows[rows["evaluation"] == ev]) for ev in chosen]
+    pairs = [common.ranked_models(metrics, "survival", ev, df)[:max_curves] for ev, df in panels]
+    colors = model_colors(pairs, style)
     with style.context():
-        fig, axes = subplots(
-            style,
-            aspect=0.30 * nrows * 3 / ncols,
-            nrows=nrows,
-            ncols=ncols,
-            width_fraction=ncols / style.max_cols,
-        )
-        flat = axes.ravel()
-        if not chosen:
-            empty_panel(flat[0], "no time-dependent AUC")
-        for ax, evaluation in zip(flat, chosen, strict=False):
-            df = rows[rows["evaluation"] == evaluation]
-            pairs = common.ranked_models(metrics, "survival", evaluation, df)[:max_curves]
-            for i, (model, fset) in enumerate(pairs):
+        fig, grid = common.panel_grid(style, chosen, 0.9, "no time-dependent AUC")
+        has_oracle = False
+        for (ax, evaluation), (_, df), panel_pairs in zip(grid, panels, pairs, strict=True):
+            for model, fset in panel_pairs:
                 sub = df[(df["model"] == model) & (df["feature_set"] == fset)].sort_values("time")
-                ax.plot(
-                    sub["time"],
-                    sub["auc"],
-                    marker="o",
-                    ms=2.5,
-                    color=style.color(i),
-                    label=common.model_label(model, fset),
-                )
+                ax.plot(sub["time"], sub["auc"], marker="o", ms=2.5, color=colors[(model, fset)])
             oracle = common.oracle_rows(df).sort_values("time")
             if not oracle.empty:
-                ax.plot(
-                    oracle["time"],
-                    oracle["auc"],
-                    color="0.45",
-                    lw=0.9,
-                    ls=":",
-                    label="oracle (true latent)",
-                )
+                has_oracle = True
+                ax.plot(oracle["time"], oracle["auc"], **ORACLE_STYLE)
             ax.axhline(0.5, color="0.6", lw=0.8, ls="--")
             ax.set_title(common.evaluation_label(evaluation))
             ax.set_xlabel(f"Time ({time_unit})")
             ax.set_ylabel("Time-dependent AUC")
             ax.set_ylim(0.3, 1.0)
-            legend_below(ax, style)
-        for ax in flat[len(chosen) :]:
-            ax.set_visible(False)
+        extra = [Line2D([], [], **ORACLE_STYLE, label="oracle (true latent)")] * has_oracle
+        shared_legend(fig, model_handles(colors, *extra) if chosen else [], style)
         save(fig, style, out_png, out_pdf)
 
 
@@ -223,7 +194,7 @@ def forest_figure(
                     xerr=[[row.hr - lo], [hi - row.hr]],
                     fmt="s",
                     ms=3.5,
-                    color=style.color(i),
+                    color=style.line_color(i),
                     capsize=2,
                     lw=1,
                 )

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from deltarad import io
-from deltarad.figures.style import Style, save, subplots
+from deltarad.figures.style import MM_PER_INCH, Style, save
 
 ALL = "All"
 
@@ -86,34 +89,120 @@ def cohort_table(
     return out[["characteristic"] + [name for name, _ in groups]]
 
 
+# Smallest font a table is shrunk to before it may grow past the style's width (journals ask
+# for >= 5-6 pt in print).
+MIN_TABLE_FONT = 5.0
+PAD_EM = 0.45  # horizontal padding either side of a cell, in units of the font size
+
+
+def _pad_mm(size: float) -> float:
+    return PAD_EM * size * MM_PER_INCH / 72
+
+
+def _wrap_cell(text: str) -> str:
+    """`31.2 (23.0–48.4)` -> two lines: value over its interval (narrow columns)."""
+    head, sep, tail = text.partition(" (")
+    return f"{head}\n({tail}" if sep and head else text
+
+
+def _wrap_label(text: str, max_chars: int = 22) -> str:
+    """A row label broken after its commas into lines of at most `max_chars`."""
+    lines: list[str] = []
+    for part in text.split(", "):
+        if lines and len(lines[-1]) + 2 + len(part) <= max_chars:
+            lines[-1] += ", " + part
+        else:
+            if lines:
+                lines[-1] += ","
+            lines.append(part)
+    return "\n".join(lines)
+
+
+def _extents(fig: Figure, cells: list[list[str]], size: float) -> np.ndarray:
+    """Width and height in mm of every cell's text at font `size` (header row bold)."""
+    renderer = fig.canvas.get_renderer()
+    out = np.zeros((len(cells), len(cells[0]), 2))
+    for i, row in enumerate(cells):
+        for j, text in enumerate(row):
+            t = fig.text(0, 0, text, fontsize=size, fontweight="bold" if i == 0 else "normal")
+            box = t.get_window_extent(renderer)
+            out[i, j] = box.width, box.height
+            t.remove()
+    return out / fig.dpi * MM_PER_INCH
+
+
+def _layout(
+    fig: Figure, table: pd.DataFrame, style: Style
+) -> tuple[list[list[str]], float, np.ndarray, np.ndarray]:
+    """Cells, font size, column widths and row heights (mm) that fit `style.width_mm`:
+    one-line cells at the style's font when they fit, else labels and intervals wrapped onto
+    two lines, else a smaller font (not below MIN_TABLE_FONT)."""
+    header = [str(c).capitalize() for c in table.columns]
+    body = [[str(v) for v in row] for row in table.to_numpy()]
+    plain = [header, *body]
+    wrapped = [header, *[[_wrap_label(r[0]), *[_wrap_cell(v) for v in r[1:]]] for r in body]]
+    best = None
+    for cells in (plain, wrapped):
+        ext = _extents(fig, cells, style.font_size)
+        widths = ext[:, :, 0].max(axis=0) + 2 * _pad_mm(style.font_size)
+        best = (cells, style.font_size, ext, widths)
+        if widths.sum() <= style.width_mm:
+            break
+    cells, size, ext, widths = best
+    # Text and padding scale with the font (text not exactly: hinting), hence a few rounds.
+    for _ in range(4):
+        if widths.sum() <= style.width_mm or size <= MIN_TABLE_FONT:
+            break
+        size = max(MIN_TABLE_FONT, size * style.width_mm / widths.sum() * 0.98)
+        ext = _extents(fig, cells, size)
+        widths = ext[:, :, 0].max(axis=0) + 2 * _pad_mm(size)
+    heights = ext[:, :, 1].max(axis=1) + 0.9 * size * 25.4 / 72
+    return cells, size, widths, heights
+
+
 def table_figure(
     table: pd.DataFrame, style: Style, out_png: str | Path, out_pdf: str | Path
 ) -> None:
-    """The table drawn as a figure (for slides and the report), header row in bold."""
+    """The table drawn as a figure (for slides and the report) in journal style: rules above
+    and below the bold header and at the bottom, labels left, values centred.
+
+    Why sized from its text: a table has no axes to shrink, so the columns are measured with
+    the renderer and the figure takes the width and height its cells need, up to the style's
+    width (see :func:`_layout`: wrap, then a smaller font). Never wider than `width_mm`
+    unless even MIN_TABLE_FONT does not fit.
+    """
     with style.context():
-        fig, axes = subplots(style, aspect=0.06 + 0.035 * (len(table) + 1))
-        ax = axes[0, 0]
-        ax.axis("off")
-        cells = ax.table(
-            cellText=table.to_numpy(),
-            colLabels=list(table.columns),
-            loc="upper center",
-            cellLoc="center",
-            colLoc="center",
-            colWidths=[0.34] + [0.66 / (table.shape[1] - 1)] * (table.shape[1] - 1),
+        fig = plt.figure(figsize=(style.width_in, 1.0))
+        cells, size, widths, heights = _layout(fig, table, style)
+        width_mm = max(style.width_mm, float(widths.sum()))
+        height_mm = float(heights.sum()) + 2.0
+        fig.set_size_inches(width_mm / MM_PER_INCH, height_mm / MM_PER_INCH)
+        to_fig = np.array([1 / width_mm, 1 / height_mm])
+        left = (width_mm - widths.sum()) / 2
+        edges = left + np.concatenate([[0.0], np.cumsum(widths)])
+        y = height_mm - 1.0
+        rule = {"color": "black", "lw": 0.8, "transform": fig.transFigure}
+        fig.add_artist(
+            Line2D([edges[0] / width_mm, edges[-1] / width_mm], [y / height_mm] * 2, **rule)
         )
-        cells.auto_set_font_size(False)
-        cells.set_fontsize(style.font_size)
-        cells.scale(1.0, 1.35)
-        for (row, col), cell in cells.get_celld().items():
-            cell.set_linewidth(0)
-            if row == 0:
-                cell.set_text_props(fontweight="bold")
-                cell.visible_edges = "B"
-                cell.set_linewidth(0.8)
-            if col == 0:
-                cell.set_text_props(ha="left")
-                cell._loc = "left"
+        for i, (row, h) in enumerate(zip(cells, heights, strict=True)):
+            middle = y - h / 2
+            for j, text in enumerate(row):
+                x = edges[j] + _pad_mm(size) if j == 0 else (edges[j] + edges[j + 1]) / 2
+                fig.text(
+                    *(np.array([x, middle]) * to_fig),
+                    text,
+                    fontsize=size,
+                    fontweight="bold" if i == 0 else "normal",
+                    ha="left" if j == 0 else "center",
+                    va="center",
+                    multialignment="left" if j == 0 else "center",
+                )
+            y -= h
+            if i == 0 or i == len(cells) - 1:
+                fig.add_artist(
+                    Line2D([edges[0] / width_mm, edges[-1] / width_mm], [y / height_mm] * 2, **rule)
+                )
         save(fig, style, out_png, out_pdf)
 
 
