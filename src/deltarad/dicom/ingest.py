@@ -334,7 +334,29 @@ def _clinical(run: _Run, path: Path, ingested: dict[str, str], out: Path) -> Non
         run.info(f"clinical table: {unknown} row(s) of patients not ingested were left out")
     df = df[df["patient_id"].isin(set(ingested))].copy()
     df["patient_id"] = df["patient_id"].map(ingested)
+    for column in df.columns.drop("patient_id"):
+        cells = df[column]
+        clean = cells.map(lambda v: v if pd.isna(v) else _scrub_cell(run.scrubber, str(v)))
+        changed = int((cells.fillna("") != clean.fillna("")).sum())
+        if changed:
+            run.info(
+                f"clinical table: column {run.scrubber.scrub(column)!r}: {changed} value(s) "
+                "held identifying data from the DICOM headers and were redacted"
+            )
+        df[column] = clean
+    df.columns = [run.scrubber.scrub(c) for c in df.columns]
     io.write_table(df.sort_values("patient_id"), out / "clinical.tsv")
+
+
+def _scrub_cell(scrubber: Scrubber, value: str) -> str:
+    """A clinical value without identifying data. A number is only replaced when it is one
+    whole identifying value (a date written as 19500112): redacting digits inside a number
+    would silently change a survival time."""
+    try:
+        float(value)
+    except ValueError:
+        return scrubber.scrub(value)
+    return scrubber.scrub(value) if value.strip() in scrubber.values else value
 
 
 def ingest_dicom(root: Path, out: Path, key: bytes, options: IngestOptions) -> IngestResult:
