@@ -116,6 +116,17 @@ def feature_scans(wildcards):
     return files
 
 
+def deep_model_inputs(wildcards):
+    """The trained network whose encoder gives deep features (features.deep.method): our
+    network's plan and checkpoint, or the checkpoint of nnU-Net's first configured fold (trained
+    here, or in the pretrained model folder)."""
+    method = config["features"]["deep"]["method"]
+    if method == NNUNET:
+        return {"checkpoint": NNUNET_CHECKPOINTS[0]}
+    folder = RESULTS / "models/segmentation" / method
+    return {"plan": folder / "plan.json", "checkpoint": folder / "checkpoint_final.pt"}
+
+
 # masks: predicted -> features use this segmentation method's masks instead of the given ones.
 FEATURE_MASK_METHOD = (
     config["segmentation"]["feature_method"]

@@ -4,8 +4,13 @@ from deltarad.features.handcrafted import resolve_params
 
 # Input functions feature_scans / feature_timepoints live in common.smk.
 FEATURE_PARAMS = resolve_params(config["features"]["params"])
+# The tumour label of the masks features read (predicted masks are 0/1).
+FEATURE_MASK_LABEL = 1 if FEATURE_MASK_METHOD else config["validation"]["mask_label"]
 # Handcrafted jobs see everything but the deep block: changing deep settings reruns only those.
-HANDCRAFTED_SETTINGS = {k: v for k, v in config["features"].items() if k != "deep"}
+HANDCRAFTED_SETTINGS = {
+    **{k: v for k, v in config["features"].items() if k != "deep"},
+    "mask_label": FEATURE_MASK_LABEL,
+}
 
 
 rule features_patient:
@@ -33,13 +38,34 @@ rule features_patient:
         "../scripts/features_patient.py"
 
 
-# Deep features need a trained network (features.deep.method, one of segmentation.methods).
+# Deep features need a trained network (features.deep.method, one of segmentation.methods:
+# a preset, or nnunet, whose model may be the pretrained one). Input function: deep_model_inputs.
 DEEP_METHOD = config["features"]["deep"]["method"]
-if DEEP_METHOD and DEEP_METHOD not in NETWORK_METHODS:
+DEEP_METHODS = NETWORK_METHODS + [m for m in SEGMENT["methods"] if m == NNUNET]
+if DEEP_METHOD and DEEP_METHOD not in DEEP_METHODS:
     raise WorkflowError(
         f"config key 'features.deep.method': '{DEEP_METHOD}' is not one of the trained "
-        f"networks in segmentation.methods {NETWORK_METHODS}"
+        f"networks in segmentation.methods {DEEP_METHODS}"
     )
+DEEP_SETTINGS = {
+    # Only what deep features depend on: pyradiomics settings must not rerun them.
+    **{k: config["features"][k] for k in ("rings_mm", "body_threshold", "deep")},
+    "mask_label": FEATURE_MASK_LABEL,
+}
+if DEEP_METHOD == NNUNET:
+    # Features come from one fold (folds' channels do not correspond).
+    DEEP_SETTINGS["nnunet"] = {
+        "fold": NNUNET_CFG["folds"][0],
+        "checkpoint": NNUNET_CFG["checkpoint"],
+    }
+DEEP_MODEL_FOLDER = (
+    NNUNET_MODEL
+    if DEEP_METHOD == NNUNET
+    else RESULTS / f"models/segmentation/{DEEP_METHOD}"
+)
+# nnU-Net's default encoder (32-320 channels, 128³ windows) peaked at 2.2 GB RSS on a
+# 160x160x128 scan (2.6 GB with level 0) and took ~9 s per window on 2 CPU cores.
+DEEP_MEM_MB, DEEP_RUNTIME = (6000, 60) if DEEP_METHOD == NNUNET else (3000, 20)
 FEATURE_PARTIALS = ["features/patients/{patient}.parquet"] + (
     ["features/patients/{patient}.deep.parquet"] if DEEP_METHOD else []
 )
@@ -50,10 +76,8 @@ if DEEP_METHOD:
     rule features_deep:
         input:
             unpack(feature_scans),
+            unpack(deep_model_inputs),
             samples=RESULTS / "tables/samples.validated.tsv",
-            plan=RESULTS / f"models/segmentation/{DEEP_METHOD}/plan.json",
-            checkpoint=RESULTS
-            / f"models/segmentation/{DEEP_METHOD}/checkpoint_final.pt",
         output:
             RESULTS / "features/patients/{patient}.deep.parquet",
         log:
@@ -62,14 +86,11 @@ if DEEP_METHOD:
             ENVS / "torch.yaml"
         threads: 1
         resources:
-            mem_mb=scaled_mem(3000),
-            runtime=20,
+            mem_mb=scaled_mem(DEEP_MEM_MB),
+            runtime=DEEP_RUNTIME,
         params:
-            # Only what deep features depend on: pyradiomics settings must not rerun them.
-            settings={
-                k: config["features"][k]
-                for k in ("rings_mm", "body_threshold", "deep")
-            },
+            settings=DEEP_SETTINGS,
+            model_folder=DEEP_MODEL_FOLDER,
             timepoints=feature_timepoints,
         script:
             "../scripts/features_deep.py"

@@ -183,6 +183,7 @@ if NNUNET in SEGMENT["methods"] and not NNUNET_CFG["pretrained"]:
             root=NNUNET_ROOT,
             channel_name=training_modality,
             seed=SEGMENT["seed"],
+            mask_label=config["validation"]["mask_label"],
         script:
             "../scripts/nnunet_export.py"
 

@@ -14,7 +14,7 @@ with log_to(snakemake.log[0]):
     }
     write_patient_deep(
         patient,
-        Path(snakemake.input.plan).parent,
+        Path(snakemake.params.model_folder),
         scans,
         snakemake.params.settings,
         patient_modality(snakemake.input.samples, patient),

@@ -13,4 +13,5 @@ with log_to(snakemake.log[0]):
     export_training_set(
         dict(snakemake.input.items()), Path(snakemake.params.root), s["dataset_id"],
         s["dataset_name"], snakemake.params.channel_name, s["n_folds"], snakemake.params.seed,
+        snakemake.params.mask_label,
     )  # fmt: skip

@@ -1,7 +1,19 @@
-"""Deep features: the trained network's encoder activations pooled inside the tumour and each ring.
+"""Deep features: a trained network's encoder activations pooled inside the tumour and each ring.
 
-Each timepoint's image (on the baseline grid) goes through the Siamese encoder alone, so
-baseline and follow-up features come from identical weights and their difference is meaningful.
+Each timepoint's image (on the baseline grid) goes through the encoder alone, so baseline and
+follow-up features come from identical weights and their difference is meaningful. Two encoders:
+
+- DeltaRad's own network (``features.deep.method`` a preset): the Siamese encoder over the whole
+  image in one pass (the image padded to the network's divisor).
+- nnU-Net (``method: nnunet``): one fold of the trained or pretrained model; ``network.encoder``
+  returns the feature maps of every stage. The scan is prepared as nnU-Net's predictor prepares
+  it (its normalisation from the plans, axes transposed as the plans say, resampled to the plans'
+  spacing where that differs) and encoded in windows of the plans' patch size, as nnU-Net
+  predicts: the network never sees more context than it was trained on. Windows start on
+  multiples of the total stride, so each stage's maps are stitched on that stage's own coarse
+  grid (Gaussian-weighted, like nnU-Net's sliding window) and nothing is upsampled: memory is
+  the coarse maps only.
+
 At each chosen encoder level, a region's mask is averaged onto the level's coarser grid (the
 share of each coarse voxel inside the region); a channel's feature is the mean activation
 weighted by that share (and, optionally, the maximum over coarse voxels at least half inside).
@@ -11,9 +23,11 @@ the handcrafted ones when the table is merged.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +41,42 @@ from deltarad import io
 from deltarad.features.delta import SEP
 from deltarad.features.handcrafted import read_scan
 from deltarad.features.regions import build_regions
+from deltarad.features.table import FeatureSettings
 from deltarad.runlog import UserError
 
 SOURCE = "deep"
+NNUNET = "nnunet"
+# Deep jobs never read pyradiomics' parameter file; FeatureSettings wants a name for it.
+NO_PARAMS = "(not used by deep features)"
 log = logging.getLogger(__name__)
+
+Activations = list[torch.Tensor | None]  # per level: (channels, z, y, x); None where not chosen
+EncodeFn = Callable[
+    [sitk.Image, Mapping[str, np.ndarray], Sequence[int]],
+    tuple[Activations, dict[str, np.ndarray]],
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class DeepEncoder:
+    """A loaded encoder: its number of levels, and `encode(image, regions, levels)`, which returns
+    the chosen levels' activations and the region masks on the grid those activations cover."""
+
+    n_levels: int
+    encode: EncodeFn
 
 
 def pool_regions(
-    activations: Sequence[torch.Tensor],
+    activations: Sequence[torch.Tensor | None],
     regions: Mapping[str, np.ndarray],
     levels: Sequence[int],
     stats: Sequence[str] = ("mean",),
 ) -> dict[str, dict[str, float]]:
-    """Pool activations (per level: (channels, z, y, x)) inside each full-resolution region mask."""
+    """Pool activations (per level: (channels, z, y, x)) inside each full-resolution region mask
+    (boolean, or weights in [0, 1] where a region was resampled)."""
     out: dict[str, dict[str, float]] = {}
     for name, region in regions.items():
-        mask = torch.from_numpy(region.astype(np.float32))[None, None]
+        mask = torch.from_numpy(np.asarray(region, dtype=np.float32))[None, None]
         feats: dict[str, float] = {}
         for level in levels:
             act = activations[level].float()
@@ -61,49 +95,210 @@ def pool_regions(
     return out
 
 
-def patient_deep_features(
-    patient_id: str,
-    model_folder: str | Path,
-    scans: Mapping[str, tuple[str | Path, str | Path]],
-    rings_mm: Sequence[tuple[float, float]],
-    body_threshold: float | None,
-    levels: Sequence[int] | None,
-    stats: Sequence[str] = ("mean",),
-    device: str = "cpu",
-) -> pd.DataFrame:
-    """One row of deep features for a patient: every timepoint x region x level x channel."""
+def own_encoder(model_folder: str | Path, device: str = "cpu") -> DeepEncoder:
+    """DeltaRad's trained network (plan.json + checkpoint_final.pt): whole image, one pass."""
     from deltarad.segment.infer import inference_layout, load_model, resolve_device
     from deltarad.segment.plan import normalize
 
     dev = resolve_device(device)
     net, plan, _ = load_model(Path(model_folder), dev)
-    n_levels = len(plan.features)
+
+    def encode(
+        image: sitk.Image, regions: Mapping[str, np.ndarray], levels: Sequence[int]
+    ) -> tuple[Activations, dict[str, np.ndarray]]:
+        array = normalize(sitk.GetArrayFromImage(image), plan)
+        target = np.ceil(np.asarray(array.shape) / plan.divisor) * plan.divisor
+        pads = [(0, int(t) - s) for s, t in zip(array.shape, target, strict=True)]
+        padded = np.pad(array, pads, constant_values=float(array.min()))
+        x = torch.from_numpy(padded)[None, None].to(dev, memory_format=inference_layout(dev))
+        with torch.no_grad():
+            acts: Activations = [a[0].cpu() for a in net.encode(x)]
+        return acts, {n: np.pad(r, pads) for n, r in regions.items()}
+
+    return DeepEncoder(len(plan.features), encode)
+
+
+def _gaussian(shape: Sequence[int], sigma_scale: float = 0.125) -> torch.Tensor:
+    """nnU-Net's window weight (sigma = 1/8 of the window), floored so no voxel weighs 0."""
+    grids = np.meshgrid(*[np.arange(s) - (s - 1) / 2 for s in shape], indexing="ij")
+    sig = [max(s * sigma_scale, 1e-3) for s in shape]
+    g = np.exp(-sum(gr**2 / (2 * si**2) for gr, si in zip(grids, sig, strict=True)))
+    return torch.from_numpy(np.maximum(g / g.max(), 1e-4).astype(np.float32))
+
+
+def _starts(size: int, patch: int, unit: int, overlap: float) -> list[int]:
+    """Window starts along one axis: multiples of `unit` (so every stage's grid lines up), the
+    last flush with the end (`size` and `patch` are multiples of `unit`)."""
+    step = max(unit, int(patch * (1 - overlap)) // unit * unit)
+    return sorted({*range(0, size - patch, step), size - patch})
+
+
+def stage_strides(model: Any) -> np.ndarray:
+    """(stages, 3) cumulative stride of each nnU-Net encoder stage, from the plans."""
+    kwargs = model.configuration_manager.network_arch_init_kwargs
+    if "strides" not in kwargs:
+        raise UserError(
+            "nnU-Net plans: the architecture has no 'strides'; cannot place encoder windows"
+        )
+    per_stage = [np.broadcast_to(np.asarray(s, dtype=int), (3,)) for s in kwargs["strides"]]
+    return np.cumprod(np.stack(per_stage), axis=0)
+
+
+@torch.no_grad()
+def encode_windows(
+    model: Any, volume: np.ndarray, strides: np.ndarray, levels: Sequence[int], overlap: float
+) -> Activations:
+    """Stitch each chosen stage's maps over windows of the plans' patch size (`volume`: prepared
+    (z, y, x), a multiple of the total stride and at least one patch)."""
+    patch = np.asarray(model.configuration_manager.patch_size, dtype=int)
+    shape = np.asarray(volume.shape)
+    unit = strides[-1]
+    dev = model.device
+    x = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None].to(dev)
+    acc: dict[int, torch.Tensor] = {}
+    norm: dict[int, torch.Tensor] = {}
+    weight = {lv: _gaussian(patch // strides[lv]).to(dev) for lv in levels}
+    axes = [
+        _starts(int(s), int(p), int(u), overlap) for s, p, u in zip(shape, patch, unit, strict=True)
+    ]
+    for start in itertools.product(*axes):
+        window = tuple(slice(o, o + p) for o, p in zip(start, patch, strict=True))
+        maps = model.network.encoder(x[(..., *window)])
+        for lv in levels:
+            out, st = maps[lv][0].float(), strides[lv]
+            if tuple(out.shape[1:]) != tuple(patch // st):
+                raise UserError(
+                    f"nnU-Net encoder stage {lv}: maps {tuple(out.shape[1:])} for a patch "
+                    f"{tuple(patch)}, expected stride {tuple(st)} from the plans"
+                )
+            if lv not in acc:
+                acc[lv] = torch.zeros((out.shape[0], *(shape // st)), device=dev)
+                norm[lv] = torch.zeros(tuple(shape // st), device=dev)
+            coarse = tuple(
+                slice(o // s, o // s + p // s) for o, s, p in zip(start, st, patch, strict=True)
+            )
+            acc[lv][(slice(None), *coarse)] += out * weight[lv]
+            norm[lv][coarse] += weight[lv]
+    return [(acc[lv] / norm[lv]).cpu() if lv in acc else None for lv in range(len(strides))]
+
+
+def nnunet_encoder(
+    model_folder: str | Path,
+    device: str = "cpu",
+    fold: int | str = 0,
+    checkpoint: str = "checkpoint_final.pth",
+    overlap: float = 0.5,
+) -> DeepEncoder:
+    """One fold of a trained nnU-Net model, applied as nnU-Net's predictor would apply it.
+
+    Memory is one window's forward pass plus the chosen stages' stitched maps: with nnU-Net's
+    default 3-D encoder (32-320 channels, 128³ windows) a 160x160x128 scan peaked at 2.2 GB RSS
+    for levels 1-5 (2.6 GB with level 0) and took ~9 s per window on 2 CPU cores.
+    """
+    from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
+
+    from deltarad.segment.nnunet_network import load_network, normalize_for_network
+
+    model = load_network(Path(model_folder), fold, checkpoint, device)
+    strides = stage_strides(model)
+    config, order = model.configuration_manager, list(model.plans_manager.transpose_forward)
+    patch = np.asarray(config.patch_size, dtype=int)
+    if np.any(patch % strides[-1]):
+        raise UserError(
+            f"nnU-Net model {model_folder}: patch {tuple(patch)} is not a multiple of the total "
+            f"stride {tuple(strides[-1])}"
+        )
+
+    def encode(
+        image: sitk.Image, regions: Mapping[str, np.ndarray], levels: Sequence[int]
+    ) -> tuple[Activations, dict[str, np.ndarray]]:
+        array = normalize_for_network(sitk.GetArrayFromImage(image), model).transpose(order)
+        masks = {n: np.asarray(r).transpose(order) for n, r in regions.items()}
+        spacing = np.asarray(image.GetSpacing()[::-1], dtype=float)[order]
+        target = np.asarray(config.spacing, dtype=float)
+        if not np.allclose(spacing, target, rtol=1e-3):
+            # The filters were learnt at the plans' spacing, so, like nnU-Net's predictor, we
+            # resample the (normalised) scan to it with nnU-Net's own resampling. The regions
+            # are resampled by linear interpolation of their indicators: each new voxel's share
+            # inside the region, which pool_regions uses as a weight. Scans already at the
+            # plans' spacing (our preprocess.spacing = the spacing nnU-Net planned from) skip this.
+            new_shape = [int(s) for s in compute_new_shape(array.shape, spacing, target)]
+            array = config.resampling_fn_data(array[None], new_shape, spacing, target)[0]
+            masks = {
+                n: F.interpolate(
+                    torch.from_numpy(m.astype(np.float32))[None, None],
+                    size=new_shape,
+                    mode="trilinear",
+                    align_corners=False,
+                )[0, 0].numpy()
+                for n, m in masks.items()
+            }
+        unit = strides[-1]
+        full = np.maximum(np.ceil(np.asarray(array.shape) / unit) * unit, patch).astype(int)
+        pads = [(0, int(t) - s) for s, t in zip(array.shape, full, strict=True)]
+        # 0 is nnU-Net's padding value (in normalised intensities).
+        volume = np.pad(array.astype(np.float32), pads)
+        acts = encode_windows(model, volume, strides, levels, overlap)
+        return acts, {n: np.pad(m, pads) for n, m in masks.items()}
+
+    return DeepEncoder(len(strides), encode)
+
+
+def chosen_levels(levels: Sequence[int] | None, n_levels: int) -> list[int]:
+    """The configured levels (default: all but full resolution), checked against the encoder."""
     chosen = list(levels) if levels else list(range(1, n_levels))
     bad = [lv for lv in chosen if not 0 <= lv < n_levels]
     if bad:
         raise UserError(
             f"features.deep.levels: {bad} outside the network's levels 0..{n_levels - 1}"
         )
+    return chosen
+
+
+def patient_deep_features(
+    patient_id: str,
+    encoder: DeepEncoder,
+    scans: Mapping[str, tuple[str | Path, str | Path]],
+    settings: FeatureSettings,
+    levels: Sequence[int] | None = None,
+    stats: Sequence[str] = ("mean",),
+    modality: str | None = None,
+) -> pd.DataFrame:
+    """One row of deep features for a patient: every timepoint x region x level x channel.
+
+    Regions are those of the handcrafted features (same rings, body threshold and tumour label).
+    """
+    chosen = chosen_levels(levels, encoder.n_levels)
     row: dict[str, Any] = {"patient_id": patient_id}
     for timepoint, (image_path, mask_path) in scans.items():
         image, mask = read_scan(image_path, mask_path, f"patient {patient_id}, {timepoint}")
-        regions = {
-            n: sitk.GetArrayFromImage(r) > 0
-            for n, r in build_regions(image, mask, rings_mm, body_threshold).items()
-        }
-        array = normalize(sitk.GetArrayFromImage(image), plan)
-        target = np.ceil(np.asarray(array.shape) / plan.divisor) * plan.divisor
-        pads = [(0, int(t) - s) for s, t in zip(array.shape, target, strict=True)]
-        padded = np.pad(array, pads, constant_values=float(array.min()))
-        padded_regions = {n: np.pad(r, pads) for n, r in regions.items()}
-        x = torch.from_numpy(padded)[None, None].to(dev, memory_format=inference_layout(dev))
-        with torch.no_grad():
-            acts = [a[0].cpu() for a in net.encode(x)]
-        pooled = pool_regions(acts, padded_regions, chosen, stats)
-        for region, feats in pooled.items():
+        built = build_regions(
+            image, mask, settings.rings_mm, settings.threshold(modality), settings.label
+        )
+        regions = {n: sitk.GetArrayFromImage(r) > 0 for n, r in built.items()}
+        acts, on_grid = encoder.encode(image, regions, chosen)
+        for region, feats in pool_regions(acts, on_grid, chosen, stats).items():
             for name, value in feats.items():
                 row[SEP.join([timepoint, region, SOURCE, name])] = value
     return pd.DataFrame([row])
+
+
+def load_encoder(
+    method: str,
+    model_folder: str | Path,
+    device: str = "cpu",
+    nnunet: Mapping[str, Any] | None = None,
+) -> DeepEncoder:
+    """The encoder of `method`: ``nnunet`` (with its ``fold``/``checkpoint``) or our network."""
+    if method == NNUNET:
+        nn = nnunet or {}
+        return nnunet_encoder(
+            model_folder,
+            device,
+            nn.get("fold", 0),
+            nn.get("checkpoint", "checkpoint_final.pth"),
+        )
+    return own_encoder(model_folder, device)
 
 
 def write_patient_deep(
@@ -115,20 +310,23 @@ def write_patient_deep(
     out_table: str | Path,
     device: str = "cpu",
 ) -> Path:
-    """The per-patient deep-feature partial file (merged into features.parquet)."""
-    from deltarad.features.regions import parse_rings
+    """The per-patient deep-feature partial file (merged into features.parquet).
 
-    threshold = (settings.get("body_threshold") or {}).get(modality or "", None)
+    `settings`: ``rings_mm``, ``body_threshold``, ``deep`` (``method``, ``levels``, ``stats``),
+    ``mask_label`` (the tumour label of the masks features read) and, for nnU-Net, ``nnunet``
+    (``fold``, ``checkpoint``).
+    """
+    regions = FeatureSettings.from_config(settings, params=NO_PARAMS)
     deep = settings["deep"]
+    encoder = load_encoder(deep["method"], model_folder, device, settings.get("nnunet"))
     table = patient_deep_features(
         patient_id,
-        model_folder,
+        encoder,
         scans,
-        parse_rings(settings["rings_mm"]),
-        threshold,
+        regions,
         deep.get("levels"),
         deep.get("stats", ["mean"]),
-        device,
+        modality,
     )
-    log.info("%s: %d deep features", patient_id, table.shape[1] - 1)
+    log.info("%s: %d deep features (%s)", patient_id, table.shape[1] - 1, deep["method"])
     return io.write_table(table, out_table)

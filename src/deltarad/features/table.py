@@ -52,6 +52,8 @@ class FeatureSettings:
             min_ring_voxels=int(block.get("min_ring_voxels", 10)),
             rel_floor=float(block.get("reldelta", {}).get("rel_floor", 0.01)),
             abs_floor=float(block.get("reldelta", {}).get("abs_floor", 1e-9)),
+            # The masks' tumour label (validation.mask_label; 1 for predicted masks).
+            label=int(block.get("mask_label", 1)),
         )
 
     @property

@@ -127,7 +127,7 @@ def _check_cases(cases: Sequence[NnunetCase]) -> None:
         seen.add(case.case_id)
 
 
-def _write_case(case: NnunetCase, folder: Path) -> None:
+def _write_case(case: NnunetCase, folder: Path, label: int = 1) -> None:
     geometry, _, components = io.read_header(case.image)
     if components != 1 or len(geometry.size) != 3:
         raise UserError(f"{case.case_id}: nnU-Net export needs a scalar 3-D image: {case.image}")
@@ -145,8 +145,10 @@ def _write_case(case: NnunetCase, folder: Path) -> None:
         raise UserError(
             f"{case.case_id}: mask {case.mask} differs from its image in {', '.join(bad)}"
         )
+    # Only the tumour label counts: masks may also hold other structures
+    # (validation.extra_mask_labels), which are background to nnU-Net.
     # Exactly the image's grid: nnU-Net's own integrity check has tighter tolerances than ours.
-    binary = _on_grid(sitk.GetArrayFromImage(mask) != 0, geometry)
+    binary = _on_grid(sitk.GetArrayFromImage(mask) == label, geometry)
     sitk.WriteImage(binary, str(folder / "labelsTr" / f"{case.case_id}{FILE_ENDING}"), True)
 
 
@@ -166,13 +168,15 @@ def export_dataset(
     name: str,
     channel_name: str,
     labels: dict[str, int] | None = None,
+    mask_label: int = 1,
 ) -> Path:
     """Write the nnU-Net raw dataset ``root/raw/Dataset{id}_{name}`` and return its folder.
 
-    Cases with a mask go to imagesTr/labelsTr (masks binarised to label 1), the others to
-    imagesTs. The dataset is built in a hidden folder and renamed into place at the end, so an
-    interrupted export never looks complete. `channel_name` matters: ``CT`` selects nnU-Net's
-    CT intensity normalisation, anything else per-image z-scoring.
+    Cases with a mask go to imagesTr/labelsTr (voxels ``== mask_label`` become label 1, every
+    other value background), the others to imagesTs. The dataset is built in a hidden folder
+    and renamed into place at the end, so an interrupted export never looks complete.
+    `channel_name` matters: ``CT`` selects nnU-Net's CT intensity normalisation, anything else
+    per-image z-scoring.
     """
     cases = list(cases)
     _check_cases(cases)
@@ -195,7 +199,7 @@ def export_dataset(
         for sub in ("imagesTr", "labelsTr", "imagesTs"):
             (tmp / sub).mkdir()
         for case in cases:
-            _write_case(case, tmp)
+            _write_case(case, tmp, mask_label)
         meta = {
             "channel_names": {"0": channel_name},
             "labels": labels,
@@ -263,6 +267,7 @@ def export_training_set(
     channel_name: str,
     n_folds: int,
     seed: int,
+    mask_label: int = 1,
 ) -> dict[str, Path]:
     """The export rule's one call: the raw dataset and its patient-level splits.
 
@@ -273,7 +278,7 @@ def export_training_set(
     preprocessed = Path(root).resolve() / "preprocessed" / final_name
     with tempfile.TemporaryDirectory() as scratch:
         write_patient_splits(cases, n_folds, seed, Path(scratch))
-    raw = export_dataset(cases, root, dataset_id, name, channel_name)
+    raw = export_dataset(cases, root, dataset_id, name, channel_name, mask_label=mask_label)
     splits = write_patient_splits(cases, n_folds, seed, preprocessed)
     return {"dataset_json": raw / "dataset.json", "splits": splits}
 

@@ -10,7 +10,15 @@ import SimpleITK as sitk
 import torch
 
 from deltarad import io
-from deltarad.features.deep import patient_deep_features, pool_regions
+from deltarad.features.deep import (
+    NO_PARAMS,
+    _starts,
+    own_encoder,
+    patient_deep_features,
+    pool_regions,
+    write_patient_deep,
+)
+from deltarad.features.table import FeatureSettings
 from deltarad.segment.data import PairCase
 from deltarad.segment.plan import Preset
 from deltarad.segment.train import train_network
@@ -38,7 +46,9 @@ def test_patient_row_has_every_timepoint_region_level_and_channel(tmp_path):
     grid = np.indices((16, 16, 16)).astype(float)
     paths = {}
     for tp, r in (("baseline", 4.5), ("followup", 3.5)):
-        mask = (np.sqrt(((grid - 8) ** 2).sum(0)) <= r).astype(np.uint8)
+        # Tumour label 2; label 5 (an organ) must not count as tumour.
+        mask = 2 * (np.sqrt(((grid - 8) ** 2).sum(0)) <= r).astype(np.uint8)
+        mask[:, :2, :2] = 5
         for kind, arr in (("image", 100.0 * mask + rng.normal(0, 10, mask.shape)), ("mask", mask)):
             img = sitk.GetImageFromArray(arr.astype(np.float32 if kind == "image" else np.uint8))
             img.SetSpacing((2.0, 2.0, 2.0))
@@ -58,10 +68,29 @@ def test_patient_row_has_every_timepoint_region_level_and_channel(tmp_path):
     preset = Preset("seg", ("segmentation",), "both", 1, {})
     train_network(cases, [], preset, "MR", settings, tmp_path / "m", "cpu", seed=0)
     scans = {tp: (paths[tp, "image"], paths[tp, "mask"]) for tp in ("baseline", "followup")}
-    row = patient_deep_features("P1", tmp_path / "m", scans, [(0, 2), (2, 4)], None, [1, 2])
+    settings = FeatureSettings(NO_PARAMS, rings_mm=((0, 2), (2, 4)), label=2)
+    row = patient_deep_features("P1", own_encoder(tmp_path / "m"), scans, settings, [1, 2])
     assert isinstance(row, pd.DataFrame) and row["patient_id"].tolist() == ["P1"]
     cols = row.columns[1:]
     # features of levels 1 and 2: 8 + 16 channels (base 4, doubling), 3 regions, 2 timepoints
     assert len(cols) == 2 * 3 * (8 + 16)
     assert "followup__ring2to4mm__deep__l2_f015_mean" in cols
     assert row[cols].notna().all(axis=None)
+    # The adapter's path: config blocks, the mask label passed through, a parquet partial file.
+    block = {"rings_mm": [[0, 2], [2, 4]], "body_threshold": {}, "mask_label": 2,
+             "deep": {"method": "seg", "levels": [1, 2], "stats": ["mean"]}}  # fmt: skip
+    out = write_patient_deep("P1", tmp_path / "m", scans, block, "MR", tmp_path / "P1.parquet")
+    pd.testing.assert_frame_equal(pd.read_parquet(out), row)
+    # With label 1 nothing is tumour: tumour pools are NA (the organ label is never taken).
+    wrong = patient_deep_features(
+        "P1", own_encoder(tmp_path / "m"), scans, FeatureSettings(NO_PARAMS, label=1), [1]
+    )
+    assert wrong.filter(like="__tumor__").isna().all(axis=None)
+
+
+def test_window_starts_align_with_the_coarsest_grid():
+    assert _starts(32, 32, 16, 0.5) == [0]
+    assert _starts(96, 32, 16, 0.5) == [0, 16, 32, 48, 64]
+    assert _starts(80, 48, 16, 0.5) == [0, 16, 32]  # step 24 rounded down to 16; last flush
+    assert all(s % 8 == 0 for s in _starts(200, 64, 8, 0.3))
+    assert _starts(200, 64, 8, 0.3)[-1] == 200 - 64

@@ -18,7 +18,7 @@ import torch
 
 from deltarad import io
 from deltarad.runlog import UserError
-from deltarad.segment import nnunet
+from deltarad.segment import nnunet, nnunet_network
 from deltarad.segment.nnunet import NnunetCase
 
 DATASET_ID = 501
@@ -41,8 +41,12 @@ def _write_scan(array: np.ndarray, path: Path, origin: tuple[float, ...], pixel=
     return io.write_image(image, path)
 
 
+TUMOUR_LABEL, ORGAN_LABEL = 3, 5
+
+
 def make_cases(folder: Path, n_patients: int = 6, seed: int = 0) -> list[NnunetCase]:
-    """Seeded cases; masks use label 3 so that the export's binarisation is exercised."""
+    """Seeded cases; masks hold the tumour as label 3 and an "organ" (label 5) in a corner, so
+    that the export's binarisation (tumour label only) is exercised."""
     rng = np.random.default_rng(seed)
     cases = []
     for p in range(n_patients):
@@ -51,7 +55,9 @@ def make_cases(folder: Path, n_patients: int = 6, seed: int = 0) -> list[NnunetC
             image, inside = _sphere_scan(rng)
             origin = (float(p), 2.0, -3.0)
             img = _write_scan(image, folder / pid / f"{tp}.nii.gz", origin)
-            mask = _write_scan(3 * inside, folder / pid / f"{tp}_mask.nii.gz", origin, np.uint8)
+            labels = TUMOUR_LABEL * inside
+            labels[:3, :3, :3] = ORGAN_LABEL
+            mask = _write_scan(labels, folder / pid / f"{tp}_mask.nii.gz", origin, np.uint8)
             cases.append(NnunetCase(nnunet.case_id(pid, tp), pid, img, mask))
     return cases
 
@@ -68,7 +74,9 @@ def pipeline(tmp_path_factory) -> dict:
     odd.SetOrigin((-20.0, 5.0, 12.5))
     odd.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
     unlabelled = NnunetCase("P099__baseline", "P099", io.write_image(odd, tmp / "odd.nii.gz"))
-    raw = nnunet.export_dataset(cases + [unlabelled], root, DATASET_ID, "Test", "MR")
+    raw = nnunet.export_dataset(
+        cases + [unlabelled], root, DATASET_ID, "Test", "MR", mask_label=TUMOUR_LABEL
+    )
     pre = root / "preprocessed" / raw.name
     splits = nnunet.write_patient_splits(cases, n_folds=2, seed=3, preprocessed_dir=pre)
     planned = nnunet.plan_and_preprocess(
@@ -106,6 +114,8 @@ def test_export_layout_and_binary_labels(pipeline):
     assert len(list((raw / "labelsTr").iterdir())) == 12
     label = sitk.GetArrayFromImage(io.read_image(raw / "labelsTr/P000__baseline.nii.gz"))
     assert set(np.unique(label)) == {0, 1}
+    given = sitk.GetArrayFromImage(io.read_image(pipeline["cases"][0].mask))
+    np.testing.assert_array_equal(label, given == TUMOUR_LABEL)  # the organ is background
     assert not [p for p in raw.parent.iterdir() if p.name.startswith(".")]
 
 
@@ -224,11 +234,11 @@ def test_interrupted_export_leaves_nothing(tmp_path, monkeypatch):
     cases = make_cases(tmp_path / "data", n_patients=2)
     calls = []
 
-    def failing(case, folder):
+    def failing(case, folder, label):
         calls.append(case)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        real(case, folder)
+        real(case, folder, label)
 
     real = nnunet._write_case
     monkeypatch.setattr(nnunet, "_write_case", failing)
@@ -247,3 +257,53 @@ def test_export_rejects_bad_input(tmp_path):
     io.write_image(shifted, cases[0].mask)
     with pytest.raises(UserError, match="P000__baseline: mask .* differs from its image in origin"):
         nnunet.export_dataset(cases, tmp_path / "nn", 7, "Bad", "CT")
+
+
+def test_nnunet_deep_features_pool_the_encoder_maps(pipeline):
+    """Deep features from the trained model's encoder (one patient, one 32³ window per scan)."""
+    from deltarad.features.deep import NO_PARAMS, nnunet_encoder, patient_deep_features
+    from deltarad.features.table import FeatureSettings
+
+    base, follow = pipeline["cases"][:2]  # P000
+    scans = {"baseline": (base.image, base.mask), "followup": (follow.image, follow.mask)}
+    settings = FeatureSettings(NO_PARAMS, rings_mm=((0, 3), (3, 6)), label=TUMOUR_LABEL)
+    encoder = nnunet_encoder(pipeline["pretrained"], "cpu", fold=0)
+    row = patient_deep_features("P000", encoder, scans, settings, [0, 1], ("mean", "max"))
+    plans = json.loads((pipeline["pretrained"] / "plans.json").read_text())
+    widths = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+    widths = widths["features_per_stage"][:2]
+    cols = list(row.columns[1:])
+    assert len(cols) == 2 * 3 * sum(widths) * 2  # timepoints x regions x channels x stats
+    assert f"followup__ring3to6mm__deep__l1_f{widths[1] - 1:03d}_max" in cols
+    assert np.isfinite(row[cols].to_numpy(float)).all()
+    tumour = row.filter(like="baseline__tumor__deep__l1_").to_numpy(float)
+    ring = row.filter(like="baseline__ring0to3mm__deep__l1_").to_numpy(float)
+    assert not np.allclose(tumour, ring, rtol=0.05)
+
+    # By hand: nnU-Net's z-score of the whole scan (non-zero everywhere), its encoder's first
+    # stage, channel 0 averaged over the tumour voxels.
+    assert plans["configurations"]["3d_fullres"]["normalization_schemes"] == ["ZScoreNormalization"]
+    assert plans["transpose_forward"] == [0, 1, 2]
+    array = sitk.GetArrayFromImage(io.read_image(base.image)).astype(np.float64)
+    x = ((array - array.mean()) / array.std()).astype(np.float32)
+    model = nnunet_network.load_network(pipeline["pretrained"], 0, device="cpu")
+    with torch.no_grad():
+        maps = model.network.encoder(torch.from_numpy(x)[None, None])
+    inside = sitk.GetArrayFromImage(io.read_image(base.mask)) == TUMOUR_LABEL
+    expected = float(maps[0][0, 0].numpy()[inside].mean())
+    got = row["baseline__tumor__deep__l0_f000_mean"].iloc[0]
+    assert got == pytest.approx(expected, rel=1e-4, abs=1e-5)
+
+    # A scan off the plans' spacing is resampled to it (same columns, finite values).
+    odd = {}
+    for kind, path in (("image", base.image), ("mask", base.mask)):
+        img = io.read_image(path)
+        img.SetSpacing((1.0, 1.0, 1.0))  # the plans say 1.5 mm along z
+        odd[kind] = io.write_image(img, pipeline["tmp"] / f"odd_spacing_{kind}.nii.gz")
+    resampled = patient_deep_features(
+        "P000", encoder, {"baseline": (odd["image"], odd["mask"])}, settings, [0, 1]
+    )
+    assert len(resampled.columns) == 1 + 3 * sum(widths)
+    assert np.isfinite(resampled.iloc[:, 1:].to_numpy(float)).all()
+    with pytest.raises(UserError, match=r"features.deep.levels: \[9\] outside"):
+        patient_deep_features("P000", encoder, scans, settings, [9])
