@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import SimpleITK as sitk
 
 from deltarad import io
 
@@ -28,6 +30,15 @@ REGISTRATION_QC_COLUMNS = [
     "passed",
 ]
 FAILURE_COLUMNS = ["patient_id", "stage", "error"]
+
+
+def dice(a: np.ndarray | sitk.Image, b: np.ndarray | sitk.Image) -> float:
+    """Dice of two masks (arrays or images on one grid; any value > 0 is foreground). NaN when
+    both are empty: there is nothing to agree on, and a mean or median should skip it."""
+    x, y = (sitk.GetArrayViewFromImage(m) if isinstance(m, sitk.Image) else m for m in (a, b))
+    x, y = np.asarray(x) > 0, np.asarray(y) > 0
+    total = int(x.sum() + y.sum())
+    return float(2 * np.logical_and(x, y).sum() / total) if total else float("nan")
 
 
 def collect_registration_qc(
@@ -69,4 +80,3 @@ def merge_failures(paths: list[str | Path], out: str | Path) -> pd.DataFrame:
     df = df.reindex(columns=FAILURE_COLUMNS).sort_values(["patient_id", "stage"])
     io.write_table(df, out)
     return df
-

@@ -17,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from deltarad.preprocess import body_mask, resample_label
+from deltarad.qc import dice
 from deltarad.runlog import UserError
 
 STAGES = ("rigid", "affine", "bspline")
@@ -312,13 +313,6 @@ def resample_moving(
         background,
         sitk.sitkFloat32,
     )
-
-
-def dice(a: sitk.Image, b: sitk.Image) -> float:
-    x = sitk.GetArrayViewFromImage(a) > 0
-    y = sitk.GetArrayViewFromImage(b) > 0
-    total = int(x.sum() + y.sum())
-    return float(2 * np.logical_and(x, y).sum() / total) if total else float("nan")
 
 
 def invert_to_moving_space(

@@ -103,8 +103,12 @@ def test_segmentation_outputs(finished_run):
             mask = io.read_image(results / f"segmentation/rpnet/{pid}/{tp}.nii.gz")
             assert io.Geometry.of(mask).mismatches(io.Geometry.of(base)) == []
     qc = io.read_tsv(results / "tables/segmentation_qc.tsv")
-    assert list(qc.columns) == ["patient_id", "timepoint", "method", "dice", "hd95_mm"]
+    assert list(qc.columns)[:5] == ["patient_id", "timepoint", "method", "dice", "hd95_mm"]
     assert len(qc) == 12 and qc["dice"].astype(float).between(0, 1).all()
+    # True-geometry scores (synthetic truth through the true transform) for later scans only.
+    later = qc["timepoint"] != "baseline"
+    assert qc.loc[later, "dice_true_geometry"].astype(float).between(0, 1).all()
+    assert qc.loc[~later, "dice_true_geometry"].isna().all()
     pred = io.read_tsv(results / "tables/network_predictions.tsv")
     assert list(pred.columns) == [
         "patient_id",

@@ -207,7 +207,8 @@ def training_settings(wildcards):
     seg = config["segmentation"]
     keys = ("seed", "validation_fraction", "training", "network", "augmentation")
     preset = {wildcards.method: seg["presets"][wildcards.method]}
-    return {**{k: seg[k] for k in keys}, "presets": preset}
+    label = config["validation"]["mask_label"]  # the tumour label of the given masks
+    return {**{k: seg[k] for k in keys}, "presets": preset, "mask_label": label}
 
 
 def segmentation_scans(patients, masks=True):
@@ -252,8 +253,10 @@ def network_prediction_inputs(wildcards):
 
 
 def network_outcome_inputs(wildcards):
-    """Every patient's scans and the trained networks with outcome heads."""
-    files = segmentation_scans(PATIENTS, masks=False)
+    """Every patient's scans and the trained networks with outcome heads; the given masks too
+    when a network has no segmentation head (its outcome window is centred on them)."""
+    outcome_only = any(not preset_for(m, SEGMENT).segments for m in OUTCOME_METHODS)
+    files = segmentation_scans(PATIENTS, masks=outcome_only)
     for method in OUTCOME_METHODS:
         files[f"plan__{method}"] = RESULTS / f"models/segmentation/{method}/plan.json"
         files[f"checkpoint__{method}"] = (
@@ -266,8 +269,8 @@ def network_outcome_inputs(wildcards):
 
 
 def segmentation_qc_inputs(wildcards):
-    """Predicted masks of every method and scan, with their reference masks (the truth on the
-    synthetic cohort, else the given masks on the baseline grid)."""
+    """Predicted masks of every method and scan, with their reference masks (given masks on the
+    baseline grid; also the true-geometry masks of the synthetic cohort's later scans)."""
     files = {}
     for method in MASK_METHODS:
         for pid, tp in PLANNED[["patient_id", "timepoint"]].itertuples(index=False):
@@ -276,11 +279,21 @@ def segmentation_qc_inputs(wildcards):
             )
     for pid, tp in PLANNED[["patient_id", "timepoint"]].itertuples(index=False):
         files[f"ref__{pid}__{tp}"] = reference_mask(pid, tp)
+        if true_geometry_mask(pid, tp) is not None:
+            files[f"true__{pid}__{tp}"] = true_geometry_mask(pid, tp)
     return files
 
 
 def reference_mask(pid, tp):
-    if SYNTHETIC:
-        name = tp if tp == BASELINE else f"{tp}_in_baseline"
-        return COHORT / f"truth/masks/{pid}/{name}.nii.gz"
+    """The reference of a predicted mask: the given (on the synthetic cohort: true) mask on the
+    grid the network segmented, i.e. preprocessed at baseline and through our registration at a
+    later scan, so segmentation QC measures segmentation alone."""
     return scan_paths(RESULTS, pid, tp)[1]
+
+
+def true_geometry_mask(pid, tp):
+    """Synthetic later scans: the true tumour through the true transform (registration error
+    included), or None."""
+    if SYNTHETIC and tp != BASELINE:
+        return COHORT / f"truth/masks/{pid}/{tp}_in_baseline.nii.gz"
+    return None

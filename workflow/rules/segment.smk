@@ -110,6 +110,8 @@ rule segmentation_qc:
     resources:
         mem_mb=scaled_mem(2000),
         runtime=20,
+    params:
+        mask_label=config["validation"]["mask_label"],
     script:
         "../scripts/segmentation_qc.py"
 
@@ -136,6 +138,7 @@ rule network_predictions:
     params:
         methods=OUTCOME_METHODS,
         results=RESULTS,
+        mask_label=config["validation"]["mask_label"],
     script:
         "../scripts/network_predictions.py"
 

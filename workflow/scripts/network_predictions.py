@@ -12,5 +12,6 @@ with log_to(snakemake.log[0]):
         Path(snakemake.params.results),
         Path(snakemake.input.samples),
         device=snakemake.config["segmentation"]["device"],
+        mask_label=snakemake.params.mask_label,
     )
     io.write_table(table, snakemake.output[0])

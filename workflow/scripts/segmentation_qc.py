@@ -5,5 +5,6 @@ from deltarad.runlog import log_to
 from deltarad.segment.stage import qc_records, segmentation_qc
 
 with log_to(snakemake.log[0]):
-    table = segmentation_qc(qc_records(dict(snakemake.input.items())))
+    records = qc_records(dict(snakemake.input.items()))
+    table = segmentation_qc(records, snakemake.params.mask_label)
     io.write_table(table, snakemake.output[0])

@@ -32,6 +32,8 @@ class PairCase:
     event: float = math.nan
     # Only one pair per patient carries its outcome (the first later timepoint).
     carries_outcome: bool = True
+    # The tumour label of the masks (others, e.g. an organ, are background).
+    label: int = 1
 
 
 @dataclass
@@ -50,7 +52,8 @@ def read_array(path: Path) -> tuple[np.ndarray, sitk.Image]:
 
 
 def load_pair(case: PairCase, plan: TopologyPlan | None, need_masks: bool) -> LoadedPair:
-    """Read and normalise a pair; masks are binarised (> 0). Geometry mismatches are user errors."""
+    """Read and normalise a pair; masks become 1 at the tumour label, 0 elsewhere. Geometry
+    mismatches are user errors."""
     base, ref = read_array(case.base_image)
     follow, fimg = read_array(case.follow_image)
     if base.shape != follow.shape:
@@ -75,7 +78,7 @@ def load_pair(case: PairCase, plan: TopologyPlan | None, need_masks: bool) -> Lo
                 f"patient {case.patient_id}: mask {path} shape {m.shape[::-1]} differs from "
                 f"image {case.base_image} shape {base.shape[::-1]}"
             )
-        masks.append((m > 0).astype(np.float32))
+        masks.append((m == case.label).astype(np.float32))
     if plan is not None:
         base, follow = normalize(base, plan), normalize(follow, plan)
     return LoadedPair(case, base, follow, masks[0], masks[1], ref)
@@ -94,28 +97,47 @@ def pad_to(array: np.ndarray, shape: np.ndarray, value: float) -> tuple[np.ndarr
     return np.pad(array, pads, constant_values=value), pads
 
 
+def crop_at(
+    arrays: dict[str, np.ndarray],
+    patch: np.ndarray,
+    centre: np.ndarray | None,
+    rng: np.random.Generator | None = None,
+) -> dict[str, np.ndarray]:
+    """The same `patch`-sized window of every (z, y, x) array, centred on `centre` (voxel
+    index on the unpadded grid) as far as the image allows; `centre` None: a random window
+    (`rng`). Arrays smaller than the patch are padded (images with their minimum, masks with 0).
+    Returns (1, *patch) arrays."""
+    padded, pads = {}, None
+    for key, arr in arrays.items():
+        value = float(arr.min()) if key in ("base", "follow") else 0.0
+        padded[key], pads = pad_to(arr, patch, value)
+    shape = np.asarray(next(iter(padded.values())).shape)
+    if centre is None:
+        start = np.array([rng.integers(0, s - p + 1) for s, p in zip(shape, patch, strict=False)])
+    else:
+        shifted = np.asarray(centre) + np.array([lo for lo, _ in pads])
+        start = np.clip(shifted - patch // 2, 0, shape - patch)
+    sl = tuple(slice(int(s), int(s + p)) for s, p in zip(start, patch, strict=False))
+    return {k: v[sl][None].copy() for k, v in padded.items()}
+
+
 def sample_patch(
     pair: LoadedPair, patch: np.ndarray, rng: np.random.Generator, fg_probability: float
-) -> dict[str, np.ndarray]:
+) -> tuple[dict[str, np.ndarray], bool]:
     """A random patch (same place at both timepoints); with probability `fg_probability` centred
-    on a random tumour voxel of either timepoint (nnU-Net's foreground oversampling)."""
+    on a random tumour voxel of either timepoint (nnU-Net's foreground oversampling). Also
+    returns whether the patch is centred on the tumour (the outcome heads learn from those only,
+    as they see a tumour-centred window at inference)."""
     arrays = {"base": pair.base, "follow": pair.follow}
     if pair.base_mask is not None:
         arrays["base_seg"] = pair.base_mask
         arrays["follow_seg"] = pair.follow_mask
-    padded = {}
-    for key, arr in arrays.items():
-        value = float(arr.min()) if key in ("base", "follow") else 0.0
-        padded[key], _ = pad_to(arr, patch, value)
-    shape = np.asarray(padded["base"].shape)
-    start = np.array([rng.integers(0, s - p + 1) for s, p in zip(shape, patch, strict=False)])
-    if "base_seg" in padded and rng.random() < fg_probability:
-        fg = np.argwhere((padded["base_seg"] + padded["follow_seg"]) > 0)
+    centre = None
+    if "base_seg" in arrays and rng.random() < fg_probability:
+        fg = np.argwhere((arrays["base_seg"] + arrays["follow_seg"]) > 0)
         if len(fg):
             centre = fg[rng.integers(len(fg))]
-            start = np.clip(centre - patch // 2, 0, shape - patch)
-    sl = tuple(slice(int(s), int(s + p)) for s, p in zip(start, patch, strict=False))
-    return {k: v[sl][None].copy() for k, v in padded.items()}
+    return crop_at(arrays, patch, centre, rng), centre is not None
 
 
 def augmentation(settings: dict[str, Any], seed: int, with_masks: bool):
@@ -145,6 +167,19 @@ def augmentation(settings: dict[str, Any], seed: int, with_masks: bool):
         ),
         T.RandAdjustContrastd(images, prob=settings["gamma_prob"], gamma=(0.7, 1.5)),
     ]
+    # Blur and simulated low resolution (nnU-Net's GaussianBlur and SimulateLowResolution), drawn
+    # for each timepoint on its own: centres differ in slice thickness and sharpness, and the two
+    # scans of a patient can come from different acquisitions.
+    for key in images:
+        steps += [
+            T.RandGaussianSmoothd(
+                [key], sigma_x=settings["blur_sigma"], sigma_y=settings["blur_sigma"],
+                sigma_z=settings["blur_sigma"], prob=settings["blur_prob"],
+            ),
+            T.RandSimulateLowResolutiond(
+                [key], prob=settings["lowres_prob"], zoom_range=settings["lowres_zoom"]
+            ),
+        ]  # fmt: skip
     compose = T.Compose(steps)
     compose.set_random_state(seed=seed)
     return compose

@@ -1,12 +1,12 @@
 """Inference with the longitudinal network: Gaussian-weighted sliding windows for the masks, one
-whole-image pass for the outcome heads; writes binary masks on the input grid."""
+pass over a tumour-centred window for the outcome heads; writes binary masks on the input grid."""
 
 from __future__ import annotations
 
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ import torch
 
 from deltarad import io
 from deltarad.runlog import UserError
-from deltarad.segment.data import LoadedPair, PairCase, load_pair, pad_to
+from deltarad.segment.data import LoadedPair, PairCase, crop_at, load_pair, pad_to
 from deltarad.segment.device import resolve_device
 from deltarad.segment.network import LongitudinalNet
 from deltarad.segment.plan import Preset, TopologyPlan
@@ -114,8 +114,10 @@ def predict_pair(
     overlap: float = 0.5,
     segment: bool = True,
     outcome: bool = True,
+    centre: np.ndarray | None = None,
 ) -> PairPrediction:
-    """Masks by Gaussian-weighted sliding windows; outcome from one pass over the whole image."""
+    """Masks by Gaussian-weighted sliding windows; outcome from one pass over a patch-sized
+    window centred on the tumour (`centre`, default `roi_centre` of the predicted masks)."""
     probs = None
     if net.decoder is not None and segment:
 
@@ -129,12 +131,14 @@ def predict_pair(
     response = risk = math.nan
     if net.preset.outcome and outcome:
         cl = inference_layout(device)
-        target = np.ceil(np.asarray(pair.base.shape) / plan.divisor) * plan.divisor
-        bb, _ = pad_to(pair.base, target, float(pair.base.min()))
-        ff, _ = pad_to(pair.follow, target, float(pair.follow.min()))
+        window = crop_at(
+            {"base": pair.base, "follow": pair.follow},
+            np.asarray(plan.patch_size),
+            roi_centre(pair, probs) if centre is None else centre,
+        )
         out = net(
-            torch.from_numpy(bb)[None, None].to(device, memory_format=cl),
-            torch.from_numpy(ff)[None, None].to(device, memory_format=cl),
+            torch.from_numpy(window["base"])[None].to(device, memory_format=cl),
+            torch.from_numpy(window["follow"])[None].to(device, memory_format=cl),
             segment=False,
             reconstruct=False,
         )
@@ -144,6 +148,37 @@ def predict_pair(
         if "survival" in net.preset.heads:
             risk = log_risk
     return PairPrediction(probs[0] if probs else None, probs[1] if probs else None, response, risk)
+
+
+def roi_centre(pair: LoadedPair, probs: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """Where the outcome heads look (the centre of a patch-sized window, as in training): the
+    centroid of the predicted baseline tumour (else the follow-up's, else the most likely tumour
+    voxel); for a network without segmentation head, the given baseline mask's centroid; else the
+    image centre."""
+    candidates = []
+    if probs is not None:
+        candidates = [probs[0] >= 0.5, probs[1] >= 0.5]
+    elif pair.base_mask is not None:
+        candidates = [pair.base_mask > 0]
+    for mask in candidates:
+        if mask.any():
+            return np.round(np.argwhere(mask).mean(axis=0)).astype(int)
+    if probs is not None:
+        return np.array(np.unravel_index(int(np.argmax(probs[0])), probs[0].shape))
+    return np.asarray(pair.base.shape) // 2
+
+
+def outcome_centre(
+    net: LongitudinalNet, plan: TopologyPlan, pair: LoadedPair, device: torch.device
+) -> np.ndarray:
+    """`roi_centre` of the pair, segmenting the follow-up only when the baseline shows no
+    tumour (one scan instead of two for almost every patient)."""
+    if net.decoder is None:
+        return roi_centre(pair, None)
+    base = segment_image(net, plan, pair.base, device)
+    if (base >= 0.5).any():
+        return roi_centre(pair, (base, base))
+    return roi_centre(pair, (base, segment_image(net, plan, pair.follow, device)))
 
 
 def mask_image(prob: np.ndarray, reference: sitk.Image, threshold: float = 0.5) -> sitk.Image:
@@ -171,18 +206,39 @@ def predict_mask(
     if not preset.segments:
         raise UserError(f"method {preset.name}: this network has no segmentation head")
     pair = load_pair(case, plan, need_masks=False)
-    pred = predict_pair(net, plan, pair, device, overlap=overlap, outcome=False)
-    prob = pred.base_prob if baseline else pred.follow_prob
+    prob = segment_image(net, plan, pair.base if baseline else pair.follow, device, overlap)
     return io.write_image(mask_image(prob, pair.reference), out_mask)
 
 
+def segment_image(
+    net: LongitudinalNet,
+    plan: TopologyPlan,
+    image: np.ndarray,
+    device: torch.device,
+    overlap: float = 0.5,
+) -> np.ndarray:
+    """Foreground probability of one scan. A timepoint's mask depends on its own image only (the
+    Siamese encoder and the decoder see each timepoint alone), so one scan costs half a pair."""
+
+    def one_timepoint(x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(net.decoder(net.encoder(x))[0])
+
+    patch = np.asarray(plan.patch_size)
+    return sliding_window(one_timepoint, image[None], patch, device, overlap)[0]
+
+
 def predict_outcomes(model_folder: Path, cases: list[PairCase], device_name: str) -> pd.DataFrame:
-    """Response probability and risk score of each pair (one model load for all patients)."""
+    """Response probability and risk score of each pair (one model load for all patients). A
+    network without segmentation head looks at the window around the given baseline mask."""
     device = resolve_device(device_name)
-    net, plan, _ = load_model(model_folder, device)
+    net, plan, preset = load_model(model_folder, device)
     rows = []
     for case in cases:
+        if preset.segments:  # the network finds the tumour itself; the given masks are not read
+            case = replace(case, base_mask=None, follow_mask=None)
         pair = load_pair(case, plan, need_masks=False)
-        pred = predict_pair(net, plan, pair, device, segment=False)
+        # The outcome window is centred on the tumour: predicted by the network when it segments.
+        centre = outcome_centre(net, plan, pair, device)
+        pred = predict_pair(net, plan, pair, device, segment=False, centre=centre)
         rows.append([case.patient_id, pred.response_probability, pred.risk_score])
     return pd.DataFrame(rows, columns=["patient_id", "response_probability", "risk_score"])

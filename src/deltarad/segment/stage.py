@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from deltarad import io
 from deltarad.cohort import BASELINE
+from deltarad.qc import dice
 from deltarad.runlog import UserError
 from deltarad.segment.data import PairCase
 from deltarad.segment.plan import preset_for
@@ -23,6 +24,8 @@ from deltarad.segment.plan import preset_for
 log = logging.getLogger(__name__)
 
 SEGMENTATION_QC_COLUMNS = ["patient_id", "timepoint", "method", "dice", "hd95_mm"]
+# Beyond the contract: synthetic later scans against the true tumour through the true transform.
+TRUE_GEOMETRY_COLUMNS = ["dice_true_geometry", "hd95_true_geometry_mm"]
 NETWORK_PREDICTION_COLUMNS = ["patient_id", "method", "response_probability", "risk_score", "split"]
 
 
@@ -74,6 +77,7 @@ def pair_cases(
     patients: list[str],
     clinical: pd.DataFrame | None,
     with_masks: bool = True,
+    label: int = 1,
 ) -> list[PairCase]:
     """(baseline, later timepoint) pairs of `patients`; the first later one carries the outcome."""
     cases = []
@@ -99,6 +103,7 @@ def pair_cases(
                     base_mask if with_masks else None,
                     mask if with_masks else None,
                     carries_outcome=(i == 0),
+                    label=label,
                     **outcome,
                 )  # fmt: skip
             )
@@ -117,10 +122,12 @@ def run_training(
     device: str = "auto",
 ) -> dict[str, Any]:
     """Train preset `method` on the training centres' patients. `seg_config` holds what training
-    depends on (seed, validation_fraction, training, network, augmentation, presets)."""
+    depends on (seed, validation_fraction, training, network, augmentation, presets, and
+    mask_label: the tumour label of the given masks, default 1)."""
     from deltarad.segment.train import train_network
 
     preset = preset_for(method, seg_config)
+    label = int(seg_config.get("mask_label", 1))
     samples = io.read_tsv(samples_path)
     clinical = io.read_tsv(clinical_path)
     split = split_patients(
@@ -130,8 +137,8 @@ def run_training(
     val = sorted(p for p, s in split.items() if s == "val")
     modality = samples.loc[samples["patient_id"].isin(train), "modality"].mode().iloc[0]
     meta = train_network(
-        pair_cases(results, samples, train, clinical),
-        pair_cases(results, samples, val, clinical),
+        pair_cases(results, samples, train, clinical, label=label),
+        pair_cases(results, samples, val, clinical, label=label),
         preset,
         modality,
         seg_config,
@@ -186,23 +193,22 @@ def hd95(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) -> float
     return float(max(np.percentile(to_ref[sp], 95), np.percentile(to_pred[sr], 95)))
 
 
-def compare_masks(pred_path: Path, ref_path: Path) -> tuple[float, float]:
-    """(Dice, HD95 mm) of a predicted mask against a reference resampled onto its grid."""
+def compare_masks(pred_path: Path, ref_path: Path, label: int = 1) -> tuple[float, float]:
+    """(Dice, HD95 mm) of a predicted mask against the `label` voxels of a reference resampled
+    onto its grid."""
     pred_img = io.read_image(pred_path)
     ref_img = io.read_image(ref_path)
     ref_img = sitk.Resample(
         ref_img, pred_img, sitk.Transform(), sitk.sitkNearestNeighbor, 0, ref_img.GetPixelID()
     )
     pred = sitk.GetArrayFromImage(pred_img) > 0
-    ref = sitk.GetArrayFromImage(ref_img) > 0
-    denom = pred.sum() + ref.sum()
-    dice = float(2 * (pred & ref).sum() / denom) if denom else math.nan
-    return dice, hd95(pred, ref, pred_img.GetSpacing()[::-1])
+    ref = sitk.GetArrayFromImage(ref_img) == label
+    return dice(pred, ref), hd95(pred, ref, pred_img.GetSpacing()[::-1])
 
 
 def qc_records(named_inputs: dict[str, str]) -> list[dict[str, Any]]:
     """Pair the QC rule's named inputs `pred__{method}__{patient}__{timepoint}` with
-    `ref__{patient}__{timepoint}`."""
+    `ref__{patient}__{timepoint}` (and `true__{patient}__{timepoint}` where given)."""
     records = []
     for name, path in named_inputs.items():
         if not name.startswith("pred__"):
@@ -210,22 +216,31 @@ def qc_records(named_inputs: dict[str, str]) -> list[dict[str, Any]]:
         _, method, pid, tp = name.split("__")
         records.append(
             {"patient_id": pid, "timepoint": tp, "method": method, "prediction": path,
-             "reference": named_inputs[f"ref__{pid}__{tp}"]}
+             "reference": named_inputs[f"ref__{pid}__{tp}"],
+             "true_geometry": named_inputs.get(f"true__{pid}__{tp}")}
         )  # fmt: skip
     return records
 
 
-def segmentation_qc(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """The QC table from records {patient_id, timepoint, method, prediction, reference}."""
+def segmentation_qc(records: list[dict[str, Any]], label: int = 1) -> pd.DataFrame:
+    """The QC table from records {patient_id, timepoint, method, prediction, reference[,
+    true_geometry]}: Dice and HD95 against the reference (`label` voxels), and against the
+    true-geometry mask (label 1, synthetic truth) where there is one, else NA."""
     rows = []
     for r in records:
-        dice, dist = compare_masks(Path(r["prediction"]), Path(r["reference"]))
-        rows.append([r["patient_id"], r["timepoint"], r["method"], dice, dist])
-    return pd.DataFrame(rows, columns=SEGMENTATION_QC_COLUMNS)
+        score, dist = compare_masks(Path(r["prediction"]), Path(r["reference"]), label)
+        true = r.get("true_geometry")
+        extra = compare_masks(Path(r["prediction"]), Path(true)) if true else (math.nan,) * 2
+        rows.append([r["patient_id"], r["timepoint"], r["method"], score, dist, *extra])
+    return pd.DataFrame(rows, columns=SEGMENTATION_QC_COLUMNS + TRUE_GEOMETRY_COLUMNS)
 
 
 def network_predictions(
-    methods: list[str], results: Path, samples_path: Path, device: str = "auto"
+    methods: list[str],
+    results: Path,
+    samples_path: Path,
+    device: str = "auto",
+    mask_label: int = 1,
 ) -> pd.DataFrame:
     """One row per (patient, network method with outcome heads): the end-to-end response
     probability and risk score (NA for a head the preset lacks) and the patient's split."""
@@ -233,7 +248,8 @@ def network_predictions(
 
     samples = io.read_tsv(samples_path)
     patients = sorted(samples["patient_id"].unique())
-    cases = [c for c in pair_cases(results, samples, patients, None, False) if c.carries_outcome]
+    cases = pair_cases(results, samples, patients, None, True, label=mask_label)
+    cases = [c for c in cases if c.carries_outcome]
     frames = []
     for method in methods:
         folder = results / "models/segmentation" / method

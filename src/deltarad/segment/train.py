@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from deltarad import io
+from deltarad.qc import dice
 from deltarad.runlog import UserError
 from deltarad.segment.data import (
     LoadedPair,
@@ -65,11 +66,28 @@ def make_plan(
     )
 
 
-def dice_score(prob: np.ndarray, truth: np.ndarray) -> float:
-    pred = prob >= 0.5
-    ref = truth > 0
-    denom = pred.sum() + ref.sum()
-    return float(2 * (pred & ref).sum() / denom) if denom else 1.0
+def deterministic_kernels() -> None:
+    """Bitwise-repeatable training on CUDA (same GPU model, driver and torch): deterministic
+    cuDNN/cuBLAS kernels, no autotuning. Slower; a kernel without a deterministic version raises
+    instead of silently differing. CPU training is deterministic without this."""
+    import os
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True)
+
+
+def make_optimizer(net: torch.nn.Module, tr: dict[str, Any]) -> torch.optim.Optimizer:
+    """nnU-Net's SGD (Nesterov, momentum 0.99), or AdamW for short CPU budgets."""
+    if tr.get("optimizer", "sgd") == "adamw":
+        return torch.optim.AdamW(
+            net.parameters(), lr=tr["learning_rate"], weight_decay=tr["weight_decay"]
+        )
+    return torch.optim.SGD(
+        net.parameters(), lr=tr["learning_rate"], momentum=tr["momentum"],
+        weight_decay=tr["weight_decay"], nesterov=True,
+    )  # fmt: skip
 
 
 def poly_lr(initial: float, step: int, total: int) -> float:
@@ -144,6 +162,8 @@ def train_network(
     device = resolve_device(device_name)
     torch.set_num_threads(threads)
     tr, net_cfg, aug_cfg = settings["training"], settings["network"], settings["augmentation"]
+    if tr.get("deterministic", False):
+        deterministic_kernels()
     out_dir.mkdir(parents=True, exist_ok=True)
     if plan is None:
         plan = make_plan(train_cases, modality, net_cfg, np.random.default_rng(seed))
@@ -153,10 +173,7 @@ def train_network(
     net = LongitudinalNet(plan, preset, deep_supervision=net_cfg["deep_supervision"])
     # Channels-last 3-D tensors make CPU convolution backward ~4x faster (oneDNN kernels).
     net = net.to(device, memory_format=torch.channels_last_3d)
-    opt = torch.optim.SGD(
-        net.parameters(), lr=tr["learning_rate"], momentum=tr["momentum"],
-        weight_decay=tr["weight_decay"], nesterov=True,
-    )  # fmt: skip
+    opt = make_optimizer(net, tr)
     use_amp = device.type == "cuda" and tr["mixed_precision"]
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     epochs, iters = tr["epochs"], tr["iterations_per_epoch"]
@@ -178,6 +195,7 @@ def train_network(
         else:
             log.info("ignoring %s: written with other settings or data", latest)
     patch = np.asarray(plan.patch_size)
+    val_patches = validation_patches(val_pairs, patch, seed) if preset.segments else []
     log.info(
         "%s: %d training pairs, %d validation pairs, patch %s, features %s, %d parameters, %s",
         preset.name, len(pairs), len(val_pairs), plan.patch_size, plan.features,
@@ -212,9 +230,7 @@ def train_network(
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         row = {"epoch": epoch + 1, **{k: v / iters for k, v in sums.items()}}
-        row["val_dice"] = (
-            validation_dice(net, plan, val_pairs, device) if preset.segments else math.nan
-        )
+        row["val_dice"] = validation_dice(net, val_patches, device) if preset.segments else math.nan
         row["lr"] = opt.param_groups[0]["lr"]
         row["seconds"] = round(time.perf_counter() - t0, 2)
         history.append(row)
@@ -230,13 +246,18 @@ def train_network(
             state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch}
             state.update(scaler=scaler.state_dict(), history=history, fingerprint=fingerprint)
             torch.save(state, tmp)
-    return _finish(net, plan, preset, settings, seed, history, train_cases, val_cases, out_dir)
+    final_dice = scan_dice(net, plan, val_pairs, device) if preset.segments else math.nan
+    log.info("validation scans: median Dice %.4f", final_dice)
+    return _finish(
+        net, plan, preset, settings, seed, history, train_cases, val_cases, out_dir, final_dice
+    )
 
 
 def _make_batch(
     chosen: list[LoadedPair], patch: np.ndarray, rng: np.random.Generator, fg: float, aug, device
 ) -> dict[str, torch.Tensor]:
-    samples = [aug(sample_patch(p, patch, rng, fg)) for p in chosen]
+    drawn = [sample_patch(p, patch, rng, fg) for p in chosen]
+    samples = [aug(sample) for sample, _ in drawn]
     arrays = collate([{k: np.asarray(v) for k, v in s.items()} for s in samples])
     batch = {
         k: torch.from_numpy(v).to(device, memory_format=torch.channels_last_3d)
@@ -248,32 +269,62 @@ def _make_batch(
         batch[key] = torch.tensor(
             [getattr(p.case, key) for p in chosen], dtype=torch.float32, device=device
         )
-    batch["carries_outcome"] = torch.tensor(
-        [float(p.case.carries_outcome) for p in chosen], device=device
-    )
+    # The outcome heads learn only from tumour-centred windows, the view they get at inference.
+    outcome_rows = [
+        p.case.carries_outcome and centred for p, (_, centred) in zip(chosen, drawn, strict=True)
+    ]
+    batch["carries_outcome"] = torch.tensor(outcome_rows, dtype=torch.float32, device=device)
     return batch
 
 
+def validation_patches(
+    pairs: list[LoadedPair], patch: np.ndarray, seed: int
+) -> list[dict[str, np.ndarray]]:
+    """Fixed validation patches, as nnU-Net's online evaluation: per validation pair one patch
+    centred on the tumour and one drawn anywhere (seeded, drawn once, so epochs compare)."""
+    rng = np.random.default_rng([seed, 99])
+    return [sample_patch(p, patch, rng, fg)[0] for p in pairs for fg in (1.0, 0.0)]
+
+
+@torch.no_grad()
 def validation_dice(
-    net: LongitudinalNet, plan: TopologyPlan, pairs: list[LoadedPair], device
+    net: LongitudinalNet, patches: list[dict[str, np.ndarray]], device: torch.device
 ) -> float:
-    """Mean Dice over both timepoints of the validation pairs (NaN without validation pairs)."""
+    """Pseudo-Dice over the fixed validation patches, both timepoints: 2TP / (2TP + FP + FN)
+    summed over all patches (NaN without validation pairs). Cheap enough for every epoch; the
+    sliding-window Dice of whole validation scans is computed once, after training."""
+    if not patches:
+        return math.nan
+    net.eval()
+    tp = fp_fn = 0.0
+    for sample in patches:
+        x = {k: torch.from_numpy(v[None]).to(device) for k, v in sample.items()}
+        out = net(x["base"], x["follow"], outcome=False, reconstruct=False)
+        for logits, truth in ((out.seg[0][0], x["base_seg"]), (out.seg[1][0], x["follow_seg"])):
+            pred, ref = logits > 0, truth > 0.5
+            tp += float((pred & ref).sum())
+            fp_fn += float((pred ^ ref).sum())
+    net.train()
+    return 2 * tp / (2 * tp + fp_fn) if tp + fp_fn else 1.0
+
+
+def scan_dice(net: LongitudinalNet, plan: TopologyPlan, pairs: list[LoadedPair], device) -> float:
+    """Median Dice of whole validation scans (sliding windows, both timepoints)."""
     if not pairs:
         return math.nan
     net.eval()
     scores = []
     for pair in pairs:
-        pred = predict_pair(net, plan, pair, device)
+        pred = predict_pair(net, plan, pair, device, outcome=False)
         scores += [
-            dice_score(pred.base_prob, pair.base_mask),
-            dice_score(pred.follow_prob, pair.follow_mask),
+            dice(pred.base_prob >= 0.5, pair.base_mask),
+            dice(pred.follow_prob >= 0.5, pair.follow_mask),
         ]
-    net.train()
-    return float(np.mean(scores))
+    return float(np.nanmedian(scores)) if not np.isnan(scores).all() else math.nan
 
 
 def _finish(
-    net, plan, preset, settings, seed, history, train_cases, val_cases, out_dir
+    net, plan, preset, settings, seed, history, train_cases, val_cases, out_dir, final_dice
 ) -> dict[str, Any]:
     with io.atomic_path(out_dir / "checkpoint_final.pt") as tmp:
         torch.save({"model": net.state_dict()}, tmp)
@@ -285,6 +336,7 @@ def _finish(
         "seed": seed,
         "train_patients": sorted({c.patient_id for c in train_cases}),
         "validation_patients": sorted({c.patient_id for c in val_cases}),
+        "validation_scan_dice": None if math.isnan(final_dice) else round(final_dice, 4),
         "torch": torch.__version__,
     }  # fmt: skip
     io.write_json(meta, out_dir / "plan.json")

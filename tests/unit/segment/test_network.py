@@ -50,6 +50,10 @@ SETTINGS = {
         "intensity_prob": 0.1,
         "intensity_scale": 0.1,
         "gamma_prob": 0.0,
+        "blur_prob": 0.2,
+        "blur_sigma": [0.5, 1.0],
+        "lowres_prob": 0.2,
+        "lowres_zoom": [0.5, 1.0],
     },
 }
 SEG_OUTCOME = Preset("multi", ("segmentation", "response", "survival"), "both", 2, {})
@@ -280,3 +284,109 @@ def test_hd95_matches_monai():
     )  # fmt: skip
     assert hd95(a, b, spacing) == pytest.approx(float(ref), rel=1e-6)
     assert math.isnan(hd95(a, np.zeros_like(a), spacing))
+
+
+# ---- outcome window ---------------------------------------------------------------------------
+
+
+def test_crop_at_centres_the_window_and_stays_inside_the_image():
+    from deltarad.segment.data import crop_at
+
+    image = np.arange(20 * 20 * 20, dtype=np.float32).reshape(20, 20, 20)
+    window = crop_at({"base": image}, np.array([8, 8, 8]), np.array([10, 10, 10]))["base"][0]
+    assert window.shape == (8, 8, 8) and window[4, 4, 4] == image[10, 10, 10]
+    corner = crop_at({"base": image}, np.array([8, 8, 8]), np.array([0, 19, 1]))["base"][0]
+    np.testing.assert_array_equal(corner, image[0:8, 12:20, 0:8])
+    # Smaller than the patch: padded with the image minimum, the centre still maps through.
+    small = crop_at({"base": image[:4, :4, :4]}, np.array([8, 8, 8]), np.array([1, 1, 1]))
+    assert small["base"].shape == (1, 8, 8, 8) and small["base"].min() == 0
+
+
+def test_outcome_window_follows_the_predicted_tumour():
+    from deltarad.segment.data import LoadedPair
+    from deltarad.segment.infer import roi_centre
+
+    shape = (30, 30, 30)
+    prob = np.zeros(shape, np.float32)
+    prob[4:8, 20:24, 10:14] = 0.9  # predicted baseline tumour, centroid (5.5, 21.5, 11.5)
+    pair = LoadedPair(None, np.zeros(shape), np.zeros(shape), None, None, None)
+    assert roi_centre(pair, (prob, np.zeros(shape))).tolist() == [6, 22, 12]
+    # Nothing above 0.5 at baseline: the follow-up's tumour; nowhere: the most likely voxel.
+    assert roi_centre(pair, (np.zeros(shape), prob)).tolist() == [6, 22, 12]
+    faint = np.zeros(shape, np.float32)
+    faint[3, 4, 5] = 0.2
+    assert roi_centre(pair, (faint, faint)).tolist() == [3, 4, 5]
+    # A network without segmentation head: the given baseline mask, else the image centre.
+    given = replace(pair, base_mask=(prob > 0).astype(np.float32))
+    assert roi_centre(given, None).tolist() == [6, 22, 12]
+    assert roi_centre(pair, None).tolist() == [15, 15, 15]
+
+
+def test_one_scan_prediction_equals_the_pair_prediction(trained, pairs):
+    from deltarad.segment.data import load_pair
+    from deltarad.segment.infer import load_model, predict_pair, segment_image
+
+    net, plan, _ = load_model(trained, torch.device("cpu"))
+    pair = load_pair(pairs[4], plan, need_masks=False)
+    both = predict_pair(net, plan, pair, torch.device("cpu"), outcome=False)
+    alone = segment_image(net, plan, pair.follow, torch.device("cpu"))
+    np.testing.assert_allclose(alone, both.follow_prob, atol=1e-5)
+
+
+def test_masks_read_only_the_tumour_label(pairs, tmp_path):
+    """A mask holding the tumour (label 2) and an organ (label 5): only label 2 is tumour."""
+    from deltarad.segment.data import load_pair
+
+    case = pairs[0]
+    paths = {}
+    for key in ("base_mask", "follow_mask"):
+        tumour = sitk.GetArrayFromImage(io.read_image(getattr(case, key)))
+        labels = np.where(tumour > 0, 2, 0).astype(np.uint8)
+        labels[:3] = 5  # an organ slab away from the tumour
+        img = sitk.GetImageFromArray(labels)
+        img.CopyInformation(io.read_image(getattr(case, key)))
+        paths[key] = io.write_image(img, tmp_path / f"{key}.nii.gz")
+    pair = load_pair(replace(case, label=2, **paths), None, need_masks=True)
+    truth = sitk.GetArrayFromImage(io.read_image(case.base_mask)) > 0
+    np.testing.assert_array_equal(pair.base_mask > 0, truth & (np.arange(16) >= 3)[:, None, None])
+    assert pair.base_mask[:3].sum() == 0 and set(np.unique(pair.follow_mask)) <= {0.0, 1.0}
+
+
+def test_outcome_window_centre_matches_the_pair_prediction(trained, pairs):
+    from deltarad.segment.data import load_pair
+    from deltarad.segment.infer import load_model, outcome_centre, predict_pair, roi_centre
+
+    net, plan, _ = load_model(trained, torch.device("cpu"))
+    pair = load_pair(replace(pairs[4], base_mask=None, follow_mask=None), plan, need_masks=False)
+    both = predict_pair(net, plan, pair, torch.device("cpu"))
+    expected = roi_centre(pair, (both.base_prob, both.follow_prob))
+    assert outcome_centre(net, plan, pair, torch.device("cpu")).tolist() == expected.tolist()
+
+
+def test_segmentation_qc_scores_the_label_and_the_true_geometry(pairs, tmp_path):
+    from deltarad.segment.stage import qc_records, segmentation_qc
+
+    case = pairs[1]
+    truth = io.read_image(case.follow_mask)
+    arr = sitk.GetArrayFromImage(truth)
+    labelled = sitk.GetImageFromArray(np.where(arr > 0, 3, 0).astype(np.uint8))
+    labelled.CopyInformation(truth)
+    organ = arr.copy()
+    organ[:2] = 7  # another label in the reference: not tumour
+    ref = sitk.GetImageFromArray(np.where(arr > 0, 3, organ).astype(np.uint8))
+    ref.CopyInformation(truth)
+    shifted = sitk.GetImageFromArray(np.roll(arr, 2, axis=2))  # a registration error of 2 voxels
+    shifted.CopyInformation(truth)
+    named = {
+        "pred__rpnet__P1__followup": io.write_image(truth, tmp_path / "pred.nii.gz"),
+        "ref__P1__followup": io.write_image(ref, tmp_path / "ref.nii.gz"),
+        "true__P1__followup": io.write_image(shifted, tmp_path / "true.nii.gz"),
+        "pred__rpnet__P1__baseline": io.write_image(truth, tmp_path / "pred_b.nii.gz"),
+        "ref__P1__baseline": io.write_image(labelled, tmp_path / "ref_b.nii.gz"),
+    }
+    qc = segmentation_qc(qc_records(named), label=3).set_index("timepoint")
+    assert qc.loc["baseline", "dice"] == 1.0 and math.isnan(
+        qc.loc["baseline", "dice_true_geometry"]
+    )
+    assert qc.loc["followup", "dice"] == 1.0  # label 7 (organ) is not counted
+    assert 0 < qc.loc["followup", "dice_true_geometry"] < 1
