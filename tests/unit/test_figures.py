@@ -18,6 +18,19 @@ from deltarad.figures.table1 import cohort_table
 from deltarad.runlog import UserError
 from tests.conftest import REPO
 
+
+@pytest.fixture(autouse=True)
+def default_rcparams():
+    """Each figure test starts from matplotlib's defaults, as a workflow job does (a fresh
+    process): rcParams changed by other tests of the session must not move layouts (nnU-Net's
+    progress plot calls seaborn.set(font_scale=2.5), which enlarged every font)."""
+    import matplotlib as mpl
+
+    with mpl.rc_context():
+        mpl.rcdefaults()
+        yield
+
+
 CENTERS = ["C1", "C2", "C3", "C4"]
 EVALUATIONS = ["nested_cv", "external:C4", "loco:C1"]
 PAIRS = [("logreg", "clinical"), ("logreg", "delta"), ("rf", "tumor+ring")]

@@ -269,8 +269,8 @@ def network_outcome_inputs(wildcards):
 
 
 def segmentation_qc_inputs(wildcards):
-    """Predicted masks of every method and scan, with their reference masks (given masks on the
-    baseline grid; also the true-geometry masks of the synthetic cohort's later scans)."""
+    """Predicted masks of every method and scan with their references (given masks on the
+    baseline grid; the synthetic cohort's true-geometry masks of later scans)."""
     files = {}
     for method in MASK_METHODS:
         for pid, tp in PLANNED[["patient_id", "timepoint"]].itertuples(index=False):

@@ -154,7 +154,9 @@ def panel_grid(
     """
     max_cols = style.max_cols if max_cols is None else max_cols
     nrows, ncols = grid_shape(len(panels), max_cols)
-    width_fraction = 1.0 if fill_width else ncols / max_cols
+    # A lone panel still gets half the width (one journal column at page width): a third of a
+    # page is too small for a curve with its axis labels.
+    width_fraction = 1.0 if fill_width else max(ncols / max_cols, 0.5)
     fig, axes = subplots(
         style,
         aspect=panel_aspect * nrows / ncols,
