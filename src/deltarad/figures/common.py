@@ -133,6 +133,16 @@ def grid_shape(n: int, max_cols: int = 3) -> tuple[int, int]:
     return math.ceil(max(n, 1) / cols), cols
 
 
+def ranked_endpoints(metrics: pd.DataFrame) -> list[tuple[str, str]]:
+    """(endpoint, ranking metric) pairs of `RANK_METRIC` that `metrics` has rows for: one panel
+    each in the per-endpoint summary figures."""
+    return [
+        (e, m)
+        for e, m in RANK_METRIC.items()
+        if ((metrics["endpoint"] == e) & (metrics["metric"] == m)).any()
+    ]
+
+
 def panel_grid(
     style: Style,
     panels: Sequence[T],

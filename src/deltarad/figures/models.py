@@ -148,11 +148,7 @@ def performance_figure(
 ) -> None:
     """AUC (response) and C-index (survival) with 95 % CI per feature set, the best model of
     each set, bars per evaluation."""
-    panels = [
-        (e, m)
-        for e, m in common.RANK_METRIC.items()
-        if ((metrics["endpoint"] == e) & (metrics["metric"] == m)).any()
-    ]
+    panels = common.ranked_endpoints(metrics)
     with style.context():
         fig, grid = common.panel_grid(
             style,
@@ -185,11 +181,7 @@ def multitask_figure(
     (rpnet, mtms, multidl) against the single-task ablations, AUC and C-index with CI."""
     net = metrics[metrics["feature_set"].str.startswith("network:")]
     net = net.assign(category=net["feature_set"].str.removeprefix("network:"))
-    panels = [
-        (e, m)
-        for e, m in common.RANK_METRIC.items()
-        if ((net["endpoint"] == e) & (net["metric"] == m)).any()
-    ]
+    panels = common.ranked_endpoints(net)
     with style.context():
         fig, grid = common.panel_grid(
             style,
