@@ -63,8 +63,7 @@ def dice_figure(
                     ax.text(
                         0.5,
                         0.5,
-                        f"{label} undefined\nfor all {len(values)} predictions\n"
-                        "(empty mask)",
+                        f"{label} undefined\nfor all {len(values)} predictions\n(empty mask)",
                         ha="center",
                         va="center",
                         transform=ax.transAxes,
