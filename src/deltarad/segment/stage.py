@@ -193,10 +193,9 @@ def hd95(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]) -> float
     return float(max(np.percentile(to_ref[sp], 95), np.percentile(to_pred[sr], 95)))
 
 
-def compare_masks(pred_path: Path, ref_path: Path, label: int = 1) -> tuple[float, float]:
+def compare_masks(pred_img: sitk.Image, ref_path: Path, label: int = 1) -> tuple[float, float]:
     """(Dice, HD95 mm) of a predicted mask against the `label` voxels of a reference resampled
     onto its grid."""
-    pred_img = io.read_image(pred_path)
     ref_img = io.read_image(ref_path)
     ref_img = sitk.Resample(
         ref_img, pred_img, sitk.Transform(), sitk.sitkNearestNeighbor, 0, ref_img.GetPixelID()
@@ -228,9 +227,10 @@ def segmentation_qc(records: list[dict[str, Any]], label: int = 1) -> pd.DataFra
     true-geometry mask (label 1, synthetic truth) where there is one, else NA."""
     rows = []
     for r in records:
-        score, dist = compare_masks(Path(r["prediction"]), Path(r["reference"]), label)
+        pred = io.read_image(r["prediction"])  # once, for both references
+        score, dist = compare_masks(pred, Path(r["reference"]), label)
         true = r.get("true_geometry")
-        extra = compare_masks(Path(r["prediction"]), Path(true)) if true else (math.nan,) * 2
+        extra = compare_masks(pred, Path(true)) if true else (math.nan,) * 2
         rows.append([r["patient_id"], r["timepoint"], r["method"], score, dist, *extra])
     return pd.DataFrame(rows, columns=SEGMENTATION_QC_COLUMNS + TRUE_GEOMETRY_COLUMNS)
 

@@ -80,7 +80,7 @@ def deterministic_kernels() -> None:
 
 def make_optimizer(net: torch.nn.Module, tr: dict[str, Any]) -> torch.optim.Optimizer:
     """nnU-Net's SGD (Nesterov, momentum 0.99), or AdamW for short CPU budgets."""
-    if tr.get("optimizer", "sgd") == "adamw":
+    if tr["optimizer"] == "adamw":
         return torch.optim.AdamW(
             net.parameters(), lr=tr["learning_rate"], weight_decay=tr["weight_decay"]
         )
@@ -162,7 +162,7 @@ def train_network(
     device = resolve_device(device_name)
     torch.set_num_threads(threads)
     tr, net_cfg, aug_cfg = settings["training"], settings["network"], settings["augmentation"]
-    if tr.get("deterministic", False):
+    if tr["deterministic"]:
         deterministic_kernels()
     out_dir.mkdir(parents=True, exist_ok=True)
     if plan is None:

@@ -27,10 +27,12 @@ SETTINGS = {
         "epochs": 4,
         "iterations_per_epoch": 4,
         "batch_size": 2,
+        "optimizer": "sgd",
         "learning_rate": 0.01,
         "momentum": 0.9,
         "weight_decay": 3e-5,
         "mixed_precision": False,
+        "deterministic": False,
         "foreground_oversampling": 0.5,
     },
     "network": {
