@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -112,6 +113,35 @@ def sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
 
+def _logit(u: float) -> float:
+    u = min(max(u, 1e-12), 1.0 - 1e-12)
+    return math.log(u) - math.log1p(-u)
+
+
+def followup_response_probability(
+    pretreatment_logit: float, radiological: float, imaging_noise: float
+) -> float:
+    """P(responder | pre-treatment latents, radiological response): the post-treatment oracle.
+
+    The response depth is ``s = eta + L`` (``eta`` the pre-treatment logit, ``L`` standard
+    logistic noise); the patient responds when ``s > 0``; imaging sees ``r = s + N(0, noise²)``.
+    Bayes' rule over a fine grid of ``s``: prior logistic(s - eta) times the Gaussian likelihood
+    of ``r``. No imaging model can beat this score on average.
+    """
+    if imaging_noise <= 0:
+        return float(radiological > 0)
+    # s = r + noise * z over z in [-10, 10] covers the likelihood's support; 0 is a node, so the
+    # trapezoid rule splits exactly at the response threshold.
+    s = radiological + imaging_noise * np.linspace(-10.0, 10.0, 4001)
+    s = np.union1d(s, [0.0]) if s[0] < 0 < s[-1] else s
+    d = s - pretreatment_logit
+    z = (s - radiological) / imaging_noise
+    log_w = -d - 2.0 * np.logaddexp(0.0, -d) - 0.5 * z**2  # log logistic pdf + log normal pdf
+    w = np.exp(log_w - log_w.max())
+    above = s >= 0
+    return float(np.trapezoid(w[above], s[above]) / np.trapezoid(w, s))
+
+
 # --- the patient model ------------------------------------------------------------------------
 
 
@@ -130,7 +160,7 @@ class Anatomy:
     tumor_radius: float  # mean radius, mm
     z_tumor: float
     z_peri: float
-    responder: bool
+    response_degree: float  # 0 (progression-like) .. 1 (complete-response-like), seen on imaging
     shrinkage: float
     tissue_field: RandomField
     shape_field: RandomField
@@ -179,7 +209,7 @@ class Anatomy:
         ring = (dist > 0) & (dist < RING_REACH_MM) & (outer <= 1)
         peri_amp = max(0.0, 22.0 * (1.0 + 0.8 * self.z_peri)) * t["unit_gain"]
         if followup:
-            peri_amp *= 0.4 if self.responder else 1.1
+            peri_amp *= 1.1 - 0.7 * self.response_degree
         strands = 1.0 / (1.0 + np.exp(-3.0 * self.strand_field(pts[ring])))
         img[ring] += peri_amp * np.exp(-dist[ring] / 4.0) * (0.4 + strands)
 
@@ -190,11 +220,8 @@ class Anatomy:
         tex = self.texture_field(local)
         if followup:
             tex = 0.7 * tex + 0.3 * self.texture_field_followup(local)
-            if self.responder:
-                amp *= 0.6
-                base -= 20.0 * t["unit_gain"]
-            else:
-                amp *= 1.1
+            amp *= 1.1 - 0.5 * self.response_degree
+            base -= 20.0 * self.response_degree * t["unit_gain"]
         radial = np.linalg.norm((local - self.tumor_center) @ self.tumor_axes_inv.T, axis=1)
         core = np.clip(1.0 - radial / 0.5, 0.0, 1.0) * 30.0 * max(self.z_tumor, 0.0) * gain
         img[mask] = base + amp * tex - core
@@ -228,10 +255,22 @@ def draw_patient(cfg: SynthConfig, rng: np.random.Generator) -> tuple[Anatomy, d
     stage_latent = 0.5 * z_t + 0.3 * z_p + rng.normal(0.0, 0.8)
     stage = 2 if stage_latent < -0.5 else (3 if stage_latent < 0.7 else 4)
 
-    p_response = sigmoid(0.3 - 1.6 * z_t - 1.0 * z_p)
-    responder = bool(rng.random() < p_response)
-    lo, hi = cfg.shrink_responder if responder else cfg.shrink_non_responder
-    shrinkage = float(rng.uniform(lo, hi))
+    # Response: a latent depth s = eta + logistic noise (responder when s > 0, so P = sigmoid(eta)),
+    # seen on the follow-up only through a noisy radiological response r = s + N(0, noise²) that
+    # sets the shrinkage and the texture change. Pre- and post-treatment oracles: P(s > 0 | eta)
+    # and P(s > 0 | eta, r). Each draw takes one uniform, so the later draws (survival, anatomy)
+    # do not depend on these settings.
+    eta = 0.3 - 1.6 * z_t - 1.0 * z_p
+    p_response = sigmoid(eta)
+    u = rng.random()
+    responder = bool(u < p_response)
+    depth = eta - _logit(u)
+    radiological = depth + cfg.response_noise * NormalDist().inv_cdf(
+        min(max(rng.random(), 1e-12), 1.0 - 1e-12)
+    )
+    degree = sigmoid(cfg.response_slope * radiological)
+    lo, hi = cfg.shrinkage
+    shrinkage = float(hi - (hi - lo) * degree)
 
     # Cox-type (Weibull proportional hazards) survival, in months.
     risk = 0.8 * z_t + 0.6 * z_p + 0.35 * (stage - 3) + 0.02 * (age - 63)
@@ -281,7 +320,7 @@ def draw_patient(cfg: SynthConfig, rng: np.random.Generator) -> tuple[Anatomy, d
         tumor_radius=r_eq,
         z_tumor=float(z_t),
         z_peri=float(z_p),
-        responder=responder,
+        response_degree=degree,
         shrinkage=shrinkage,
         tissue_field=RandomField.make(rng, lo_b, hi_b, 2.0, 4.0),
         shape_field=RandomField.make(rng, lo_t, hi_t, 1.0, 4.0),
@@ -303,6 +342,11 @@ def draw_patient(cfg: SynthConfig, rng: np.random.Generator) -> tuple[Anatomy, d
         "z_peritumoral": float(z_p),
         "latent_risk": float(risk),
         "response_probability": float(p_response),
+        "response_probability_followup": followup_response_probability(
+            eta, radiological, cfg.response_noise
+        ),
+        "response_depth": float(depth),
+        "radiological_response": float(radiological),
         "shrinkage": shrinkage,
         "event_time": float(event_time),
         "censor_time": float(censor_time),

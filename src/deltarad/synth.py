@@ -3,7 +3,10 @@
 Each patient has a latent biology: ``z_tumor`` drives the tumour's texture (heterogeneity and
 grain), ``z_peritumoral`` the infiltration of the tissue around it. Treatment response and
 survival are drawn from these latents and from clinical covariates, so an imaging model can in
-principle reach the oracle (the true latents) but never beat it.
+principle reach the oracle (the true latents) but never beat it. The follow-up shows the
+response only through a noisy radiological response (shrinkage and texture change), so
+post-treatment imaging predicts response better than the pre-treatment oracle but no better
+than the post-treatment one (``response_probability_followup`` in ``truth/latent.tsv``).
 
 Geometry: the anatomy lives in the baseline scanner's physical space (mm, LPS, field of view
 centred on the origin). The follow-up scan sees the same anatomy through a known
@@ -50,6 +53,9 @@ LATENT_COLUMNS = [
     "z_peritumoral",
     "latent_risk",
     "response_probability",
+    "response_probability_followup",
+    "response_depth",
+    "radiological_response",
     "shrinkage",
     "event_time",
     "censor_time",
@@ -92,15 +98,16 @@ class SynthConfig:
     translation_mm: float = 6.0
     deformation_mm: float = 3.0
     tumor_radius_mm: tuple[float, float] = (9.0, 14.0)
-    shrink_responder: tuple[float, float] = (0.45, 0.75)
-    shrink_non_responder: tuple[float, float] = (0.85, 1.05)
+    response_noise: float = 1.5
+    shrinkage: tuple[float, float] = (0.45, 1.05)
+    response_slope: float = 0.6
     centers: tuple[CenterSpec, ...] = field(default_factory=lambda: (CenterSpec("C1"),))
 
     @classmethod
     def from_config(cls, block: dict[str, Any]) -> SynthConfig:
         """Build from the config's ``synthetic`` block; missing keys take the defaults."""
         mis = block.get("misregistration", {})
-        shrink = block.get("shrinkage", {})
+        response = block.get("response", {})
         default = cls()
         centers = tuple(
             CenterSpec(
@@ -126,12 +133,9 @@ class SynthConfig:
             tumor_radius_mm=tuple(
                 float(r) for r in block.get("tumor_radius_mm", default.tumor_radius_mm)
             ),
-            shrink_responder=tuple(
-                float(s) for s in shrink.get("responder", default.shrink_responder)
-            ),
-            shrink_non_responder=tuple(
-                float(s) for s in shrink.get("non_responder", default.shrink_non_responder)
-            ),
+            response_noise=float(response.get("imaging_noise", default.response_noise)),
+            shrinkage=tuple(float(s) for s in response.get("shrinkage", default.shrinkage)),
+            response_slope=float(response.get("slope", default.response_slope)),
             centers=centers,
         )
 

@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from deltarad import io
 from deltarad.cohort import SAMPLE_COLUMNS
-from deltarad.phantom import draw_misregistration, draw_patient
+from deltarad.phantom import draw_misregistration, draw_patient, followup_response_probability
 from deltarad.synth import (
     SynthConfig,
     load_true_transform,
@@ -142,8 +142,20 @@ def test_latents_drive_outcomes():
         df.loc[df.response == 1, "response_probability"].mean()
         > df.loc[df.response == 0, "response_probability"].mean() + 0.2
     )
-    assert df.loc[df.response == 1, "shrinkage"].max() <= cfg.shrink_responder[1]
-    assert df.loc[df.response == 0, "shrinkage"].min() >= cfg.shrink_non_responder[0]
+    lo, hi = cfg.shrinkage
+    assert df["shrinkage"].between(lo, hi).all()
+    assert (
+        df.loc[df.response == 1, "shrinkage"].mean()
+        < df.loc[df.response == 0, "shrinkage"].mean() - 0.1
+    )
+    # The response is the sign of the latent depth; the follow-up's shrinkage only reflects a
+    # noisy radiological response, so the groups' shrinkage ranges overlap.
+    assert (df.response == (df.response_depth > 0).astype(int)).all()
+    assert df.loc[df.response == 1, "shrinkage"].max() > df.loc[df.response == 0, "shrinkage"].min()
+    assert np.allclose(
+        df["shrinkage"],
+        hi - (hi - lo) / (1 + np.exp(-cfg.response_slope * df.radiological_response)),
+    )
     # Higher latent risk -> earlier events (Spearman correlation of risk and event time < 0).
     assert df["latent_risk"].corr(df["event_time"], method="spearman") < -0.3
     assert ((df.time <= df.event_time + 0.006) & (df.time > 0)).all()
@@ -183,3 +195,35 @@ def test_mr_contrast_and_centre_effects(tmp_path):
     assert np.median(arrays["B"][arrays["B"] > 150]) > 1.5 * np.median(
         arrays["A"][arrays["A"] > 150]
     )
+
+
+def test_post_treatment_oracle_is_bayes_and_beats_the_pre_treatment_one():
+    """The post-treatment oracle equals a direct numerical integral of the posterior, is
+    calibrated on simulated patients, and ranks responders better than the pre-treatment one."""
+    from scipy import integrate, stats
+
+    for eta, r, noise in [(0.3, 1.2, 1.5), (-2.0, 0.5, 1.5), (1.0, -3.0, 0.7), (0.0, 0.0, 2.0)]:
+
+        def density(s, eta=eta, r=r, noise=noise):
+            return stats.logistic.pdf(s - eta) * stats.norm.pdf(r, s, noise)
+
+        above = integrate.quad(density, 0, np.inf)[0]
+        total = above + integrate.quad(density, -np.inf, 0)[0]
+        assert followup_response_probability(eta, r, noise) == pytest.approx(
+            above / total, abs=1e-6
+        )
+    assert followup_response_probability(0.0, 0.3, 0.0) == 1.0
+
+    rng = np.random.default_rng(7)
+    n = 3000
+    eta = rng.normal(0.3, 1.9, n)
+    depth = eta + rng.logistic(size=n)
+    r = depth + rng.normal(0.0, 1.5, n)
+    post = np.array([followup_response_probability(e, x, 1.5) for e, x in zip(eta, r, strict=True)])
+    y = depth > 0
+    for lo in np.arange(0.0, 1.0, 0.2):
+        sel = (post >= lo) & (post < lo + 0.2)
+        assert abs(y[sel].mean() - post[sel].mean()) < 0.05
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(y, post) > roc_auc_score(y, eta) + 0.04

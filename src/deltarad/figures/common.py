@@ -223,5 +223,7 @@ def wrap_label(text: str, max_chars: int, max_lines: int = 3) -> str:
 
 
 def oracle_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """The oracle's rows of a predictions or td_auc table (empty outside the synthetic cohort)."""
-    return df[df["model"] == ORACLE]
+    """The pre-treatment oracle's rows of a predictions or td_auc table (empty outside the
+    synthetic cohort); the follow-up oracle (feature set ``oracle:followup``) is left out."""
+    rows = df[df["model"] == ORACLE]
+    return rows[rows["feature_set"] == ORACLE] if "feature_set" in rows else rows

@@ -161,8 +161,10 @@ def performance_figure(
         for ax, (endpoint, metric) in grid:
             table = _best_model_per_set(metrics, endpoint, metric)
             evs = common.select_evaluations(table["evaluation"], evaluations)
-            # The oracle (synthetic truth) last, as the reference.
-            sets = sorted(table["category"].unique(), key=lambda s: (s == common.ORACLE, s))
+            # The oracles (synthetic truth) last, as the reference.
+            sets = sorted(
+                table["category"].unique(), key=lambda s: (s.startswith(common.ORACLE), s)
+            )
             _bars(ax, table, sets, evs, style)
             ax.set_ylabel(METRIC_NAMES[metric])
             ax.set_title(endpoint.capitalize())

@@ -160,6 +160,26 @@ class Recorder:
             self.rows.append(row)
 
 
+# The synthetic truth's scores, as feature sets of the model `oracle`: per endpoint
+# (feature set, column of truth/latent.tsv). The pre-treatment oracle knows the latents; the
+# follow-up oracle also knows the radiological response the follow-up shows, so it is the
+# ceiling of models that use follow-up imaging.
+ORACLE_SCORES = {
+    "response": [
+        (ORACLE, "response_probability"),
+        (f"{ORACLE}:followup", "response_probability_followup"),
+    ],
+    "survival": [(ORACLE, "latent_risk")],
+}
+
+
+def oracle_scores(endpoint: str, latent: pd.DataFrame | None) -> list[tuple[str, str]]:
+    """The oracle feature sets that `latent` (truth/latent.tsv, if any) has columns for."""
+    if latent is None:
+        return []
+    return [(name, col) for name, col in ORACLE_SCORES[endpoint] if col in latent.columns]
+
+
 def run_models(
     features: str | Path,
     clinical: str | Path,
@@ -199,14 +219,13 @@ def run_models(
         centers = cohort.centers.loc[ids].to_numpy(str)
         splits = make_splits(centers, strata, external, settings)
         rec = Recorder(ids, y, centers, endpoint)
-        if oracle is not None:
-            column = "response_probability" if endpoint == "response" else "latent_risk"
+        for name, column in oracle_scores(endpoint, oracle):
             truth = pd.to_numeric(oracle.loc[ids, column]).to_numpy(float)
             for s in splits:
                 cut = oracle_cutoff(endpoint, settings, y[s.train], truth[s.train])
-                rec.add(ORACLE, ORACLE, s, s.test, truth[s.test], cut)
+                rec.add(ORACLE, name, s, s.test, truth[s.test], cut)
                 if endpoint == "survival":
-                    curves.store_score_curves(rec, ORACLE, ORACLE, s, s.train, truth, splits)
+                    curves.store_score_curves(rec, ORACLE, name, s, s.train, truth, splits)
         tasks = []
         for fs in sets:
             try:

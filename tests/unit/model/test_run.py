@@ -82,6 +82,7 @@ def write_cohort(root, n_per=15, p=30, permute=False, extra_center=False, seed=0
             "center": centers,
             "latent_risk": z,
             "response_probability": 1 / (1 + np.exp(-1.5 * z)),
+            "response_probability_followup": 1 / (1 + np.exp(-2.0 * z)),
         }
     )
     network = pd.DataFrame(
@@ -265,15 +266,18 @@ def test_oracle_rows_are_complete(finished):
     for c in ("value", "ci_low", "ci_high"):
         m[c] = m[c].astype(float)
     for (endpoint, ev), group in m.groupby(["endpoint", "evaluation"]):
-        oracle = group[group["model"] == "oracle"].set_index("metric")
         models = group[~group["model"].isin(["oracle", "end_to_end"])]
-        assert set(models["metric"]) == set(oracle.index), (endpoint, ev)
-        finite = set(models.loc[models["value"].notna(), "metric"])
-        missing = {x for x in finite if not np.isfinite(oracle.loc[x, "value"])}
-        assert not missing - {"hazard_ratio", "logrank_p"}, (endpoint, ev, missing)
-        with_ci = set(models.loc[models["ci_low"].notna(), "metric"])
-        no_ci = {x for x in with_ci & finite if not np.isfinite(oracle.loc[x, "ci_low"])}
-        assert not no_ci - {"hazard_ratio"}, (endpoint, ev, no_ci)
+        names = {"response": ["oracle", "oracle:followup"], "survival": ["oracle"]}[endpoint]
+        assert set(group.loc[group["model"] == "oracle", "feature_set"]) == set(names)
+        for name in names:
+            oracle = group[group["feature_set"] == name].set_index("metric")
+            assert set(models["metric"]) == set(oracle.index), (endpoint, ev, name)
+            finite = set(models.loc[models["value"].notna(), "metric"])
+            missing = {x for x in finite if not np.isfinite(oracle.loc[x, "value"])}
+            assert not missing - {"hazard_ratio", "logrank_p"}, (endpoint, ev, name, missing)
+            with_ci = set(models.loc[models["ci_low"].notna(), "metric"])
+            no_ci = {x for x in with_ci & finite if not np.isfinite(oracle.loc[x, "ci_low"])}
+            assert not no_ci - {"hazard_ratio"}, (endpoint, ev, name, no_ci)
     ibs = m[(m["model"] == "oracle") & (m["metric"] == "ibs")].set_index("evaluation")
     assert ibs.loc["external:D", "ci_low"] < ibs.loc["external:D", "value"]
     assert ibs.loc["external:D", "value"] < ibs.loc["external:D", "ci_high"]
