@@ -62,3 +62,40 @@ def test_unreadable_config(tmp_path):
 def test_config_hash_ignores_key_order():
     assert config_hash({"a": 1, "b": {"c": 2}}) == config_hash({"b": {"c": 2}, "a": 1})
     assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def test_schema_uses_only_json_schema_keywords():
+    """Every property is described by a string and carries only JSON-Schema keywords (an
+    unquoted comma in a YAML flow mapping would cut a description and add a stray key)."""
+    from importlib.resources import files
+
+    keywords = {
+        "type", "description", "default", "properties", "additionalProperties", "items",
+        "minItems", "maxItems", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+        "enum", "$ref", "pattern", "required", "oneOf", "anyOf", "allOf", "const", "minLength",
+        "uniqueItems", "propertyNames", "patternProperties", "examples", "not", "if", "then",
+        "else", "format", "maxLength", "minProperties", "contains", "prefixItems",
+    }  # fmt: skip
+    schema = yaml.safe_load(
+        files("deltarad").joinpath("schemas/config.schema.yaml").read_text(encoding="utf-8")
+    )
+    problems = []
+
+    def walk(node: dict, path: str) -> None:
+        for name, prop in node.items():
+            where = f"{path}.{name}"
+            if not isinstance(prop, dict):
+                problems.append(f"{where}: not a mapping")
+                continue
+            if not isinstance(prop.get("description", ""), str):
+                problems.append(f"{where}: description is not text")
+            stray = set(prop) - keywords
+            if stray:
+                problems.append(f"{where}: {sorted(stray)}")
+            walk(prop.get("properties", {}), where)
+            if isinstance(prop.get("items"), dict):
+                walk(prop["items"].get("properties", {}), f"{where}[]")
+
+    walk(schema.get("properties", {}), "config")
+    walk(schema.get("definitions", {}), "definitions")
+    assert not problems
