@@ -6,19 +6,24 @@ problem names the sheet line, the patient, the column and the file.
 
 from __future__ import annotations
 
+import functools
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import jsonschema
 import pandas as pd
 
-from deltarad import io
 from deltarad.config import known_centers, load_schema
+from deltarad.layout import BASELINE, SYNTHETIC_TIMEPOINTS, synthetic_patient_ids
 from deltarad.runlog import UserError
-from deltarad.scanchecks import display_path, scan_findings
 
-BASELINE = "baseline"
+# The image modules (deltarad.io, deltarad.scanchecks: SimpleITK) are imported inside the
+# functions that read or check files: the workflow imports this module while parsing.
+
 SAMPLE_COLUMNS = ["patient_id", "center", "timepoint", "days", "modality", "image", "mask"]
 CLINICAL_COLUMNS = ["patient_id", "response", "time", "event"]
 
@@ -91,6 +96,8 @@ class Scan:
 
 def read_sheet(path: str | Path, required: list[str]) -> pd.DataFrame:
     """Read a TSV sheet as text; a missing file or column is a CohortError naming it."""
+    from deltarad import io
+
     path = Path(path)
     if not path.is_file():
         raise CohortError([Problem(f"sheet not found: {path}", sheet=str(path))])
@@ -155,6 +162,8 @@ def _expectation(err: jsonschema.ValidationError) -> str:
 
 
 def _check_files(scan: Scan, s: ValidationSettings, sheet: str, line: int) -> list[Problem]:
+    from deltarad.scanchecks import scan_findings
+
     where = {"sheet": sheet, "line": line, "patient_id": scan.patient_id}
     return [
         Problem(message, column=column, **where)
@@ -323,6 +332,8 @@ def validate_clinical(
 
 def scans_table(scans: list[Scan]) -> pd.DataFrame:
     """The validated samples table: baseline first, then by days, paths resolved."""
+    from deltarad.scanchecks import display_path
+
     rows = [
         {
             "patient_id": s.patient_id,
@@ -371,6 +382,8 @@ def write_validated(
     samples_out: str | Path,
     clinical_out: str | Path,
 ) -> None:
+    from deltarad import io
+
     io.write_table(samples, samples_out)
     io.write_table(clinical, clinical_out)
 
@@ -397,10 +410,8 @@ def planned_scans(config: dict[str, Any]) -> pd.DataFrame:
     """
     columns = ["patient_id", "timepoint"]
     if config["cohort"]["source"] == "synthetic":
-        from deltarad.synth import TIMEPOINTS, SynthConfig
-
-        cfg = SynthConfig.from_config(config["synthetic"])
-        rows = [(p.patient_id, tp) for p in cfg.patients() for tp in TIMEPOINTS]
+        ids = synthetic_patient_ids(config["synthetic"])
+        rows = [(pid, tp) for pid in ids for tp in SYNTHETIC_TIMEPOINTS]
         return pd.DataFrame(rows, columns=columns)
     try:
         df = read_sheet(config["cohort"]["samples"], columns)
@@ -411,3 +422,50 @@ def planned_scans(config: dict[str, Any]) -> pd.DataFrame:
         ok &= df[column].fillna("").str.strip().str.fullmatch(r"[A-Za-z0-9_-]+")
     df = df.loc[ok, columns].apply(lambda col: col.str.strip())
     return df.drop_duplicates().sort_values(columns).reset_index(drop=True)
+
+
+def timepoints_by_patient(planned: pd.DataFrame) -> dict[str, list[str]]:
+    """Each patient's timepoints in the order of `planned` (:func:`planned_scans`), for input
+    functions that look them up once per job."""
+    out: dict[str, list[str]] = {}
+    for pid, tp in planned[["patient_id", "timepoint"]].itertuples(index=False):
+        out.setdefault(pid, []).append(tp)
+    return out
+
+
+# The workflow's input functions read the validated samples table once per job: hundreds of
+# times for a large cohort, on every run (a no-op rerun included). Each version of the file
+# (path, modification time, size) is parsed once.
+
+
+def read_validated_samples(path: str | Path) -> pd.DataFrame:
+    """The validated samples table as the input functions read it (text columns, `NA`/empty as
+    missing); each caller gets its own copy."""
+    return _read_validated_samples(*_file_version(path)).copy()
+
+
+def validated_scan_rows(path: str | Path) -> Mapping[tuple[str, str], Mapping[str, Any]]:
+    """(patient_id, timepoint) -> that scan's row of the validated samples table (read-only;
+    the first row where one repeats): a lookup instead of a table scan per job."""
+    return _validated_scan_rows(*_file_version(path))
+
+
+def _file_version(path: str | Path) -> tuple[str, int, int]:
+    path = os.path.abspath(path)
+    stat = os.stat(path)
+    return path, stat.st_mtime_ns, stat.st_size
+
+
+@functools.lru_cache(maxsize=4)
+def _read_validated_samples(path: str, mtime_ns: int, size: int) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", dtype=str)
+
+
+@functools.lru_cache(maxsize=4)
+def _validated_scan_rows(
+    path: str, mtime_ns: int, size: int
+) -> Mapping[tuple[str, str], Mapping[str, Any]]:
+    rows: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for record in _read_validated_samples(path, mtime_ns, size).to_dict("records"):
+        rows.setdefault((record["patient_id"], record["timepoint"]), MappingProxyType(record))
+    return MappingProxyType(rows)

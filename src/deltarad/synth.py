@@ -41,9 +41,19 @@ from scipy import ndimage
 
 from deltarad import io
 from deltarad.cohort import SAMPLE_COLUMNS
+from deltarad.layout import (
+    SYNTHETIC_TIMEPOINTS,
+    image_relpath,
+    mask_relpath,
+    synthetic_patient_id,
+    synthetic_patient_outputs,
+    transform_relpath,
+)
 from deltarad.phantom import draw_misregistration, draw_patient, true_transform_from_parts
 
-TIMEPOINTS = ("baseline", "followup")
+TIMEPOINTS = SYNTHETIC_TIMEPOINTS
+# Every file simulate_patient writes (the workflow declares them without importing this module).
+patient_outputs = synthetic_patient_outputs
 # Column order of the generated sheets (records round-trip through JSON with sorted keys).
 CLINICAL_COLUMNS = ["patient_id", "response", "time", "event", "age", "sex", "stage"]
 LATENT_COLUMNS = [
@@ -146,7 +156,7 @@ class SynthConfig:
     def patients(self) -> list[Patient]:
         """Patient IDs are ``{centre}-{NNN}``: known from the config alone, before generation."""
         return [
-            Patient(f"{c.name}-{i + 1:03d}", c, ci, i)
+            Patient(synthetic_patient_id(c.name, i), c, ci, i)
             for ci, c in enumerate(self.centers)
             for i in range(self.patients_per_center)
         ]
@@ -159,23 +169,7 @@ class SynthConfig:
         return shape, spacing, origin
 
 
-# --- file layout of a generated cohort (relative to its root) -------------------------------
-
-
-def image_relpath(patient_id: str, timepoint: str) -> str:
-    return f"images/{patient_id}/{timepoint}.nii.gz"
-
-
-def mask_relpath(patient_id: str, timepoint: str) -> str:
-    return f"masks/{patient_id}/{timepoint}.nii.gz"
-
-
-def transform_relpath(patient_id: str) -> tuple[str, str]:
-    """(parameters JSON, deformation field) of the true follow-up -> baseline transform."""
-    return (
-        f"truth/transforms/{patient_id}/followup.json",
-        f"truth/transforms/{patient_id}/followup_deformation.nii.gz",
-    )
+# --- the true transform (file layout of a generated cohort: deltarad.layout) ---------------
 
 
 def load_true_transform(root: str | Path, patient_id: str) -> sitk.Transform:
@@ -188,20 +182,6 @@ def load_true_transform(root: str | Path, patient_id: str) -> sitk.Transform:
         np.asarray(params["translation_mm"]),
         np.asarray(params["center_mm"]),
     )
-
-
-def patient_outputs(patient_id: str) -> list[str]:
-    """Every file :func:`simulate_patient` writes, relative to the cohort root."""
-    files = []
-    for tp in TIMEPOINTS:
-        files += [image_relpath(patient_id, tp), mask_relpath(patient_id, tp)]
-        files.append(f"truth/masks/{patient_id}/{tp}.nii.gz")
-    files += [
-        f"truth/masks/{patient_id}/followup_in_baseline.nii.gz",
-        *transform_relpath(patient_id),
-        f"truth/patients/{patient_id}.json",
-    ]
-    return files
 
 
 def _grid_points(shape: np.ndarray, spacing: np.ndarray, origin: np.ndarray) -> np.ndarray:

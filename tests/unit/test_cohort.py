@@ -10,7 +10,15 @@ import pytest
 import SimpleITK as sitk
 
 from deltarad import io
-from deltarad.cohort import CohortError, ValidationSettings, validate_cohort
+from deltarad.cohort import (
+    CohortError,
+    ValidationSettings,
+    planned_scans,
+    read_validated_samples,
+    timepoints_by_patient,
+    validate_cohort,
+    validated_scan_rows,
+)
 
 SETTINGS = ValidationSettings(centers=("C1", "C2"))
 
@@ -237,3 +245,37 @@ def test_absolute_and_relative_paths(tiny_cohort, tmp_path, monkeypatch):
     out, _ = validate_cohort(tiny_cohort / "samples.tsv", tiny_cohort / "clinical.tsv", SETTINGS)
     assert out.loc[0, "image"] == "cohort/images/C1-001/baseline.nii.gz"
     assert out.loc[0, "mask"] == "cohort/masks/C1-001/baseline.nii.gz"
+
+
+# --- what the workflow reads while building the DAG ---
+
+
+def test_planned_scans_of_the_synthetic_cohort(tiny_config):
+    planned = planned_scans(tiny_config)
+    assert list(planned.columns) == ["patient_id", "timepoint"]
+    assert planned.iloc[:2].values.tolist() == [["C1-001", "baseline"], ["C1-001", "followup"]]
+    assert len(planned) == 2 * 3 * len(tiny_config["synthetic"]["centers"])
+    by_patient = timepoints_by_patient(planned)
+    assert list(by_patient) == sorted(planned["patient_id"].unique())
+    assert by_patient["C2-003"] == ["baseline", "followup"]
+
+
+def test_validated_samples_read_once_per_file_version(tmp_path):
+    path = tmp_path / "samples.validated.tsv"
+    path.write_text("patient_id\ttimepoint\tmodality\tmask\nP1\tbaseline\tCT\tNA\n")
+    first = read_validated_samples(path)
+    pd.testing.assert_frame_equal(first, pd.read_csv(path, sep="\t", dtype=str))
+    assert first["mask"].isna().all()
+    first.loc[0, "patient_id"] = "changed"  # each caller gets its own copy
+    assert read_validated_samples(path).loc[0, "patient_id"] == "P1"
+    row = validated_scan_rows(path)[("P1", "baseline")]
+    assert row["modality"] == "CT" and not isinstance(row["mask"], str)
+    with pytest.raises(TypeError):
+        row["modality"] = "MR"  # type: ignore[index]
+    path.write_text(
+        "patient_id\ttimepoint\tmodality\tmask\nP2\tbaseline\tMR\tm.nii.gz\nP2\tweek6\tMR\tNA\n"
+    )
+    assert read_validated_samples(path)["patient_id"].tolist() == ["P2", "P2"]
+    rows = validated_scan_rows(path)
+    assert sorted(rows) == [("P2", "baseline"), ("P2", "week6")]
+    assert rows[("P2", "baseline")]["mask"] == "m.nii.gz"

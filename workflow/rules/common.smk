@@ -1,16 +1,24 @@
 # Config validation, sheet locations and input functions shared by all rule files.
+# Every run, a no-op rerun or a dry run included, imports what the rule files import before it
+# builds the DAG: import only light modules here (deltarad.layout, deltarad.cohort, ...), never
+# the image, network or plotting modules (SimpleITK, scipy, torch, matplotlib).
 from pathlib import Path
 
-import pandas as pd
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from dataclasses import asdict
 
-from deltarad.cohort import BASELINE, ValidationSettings, planned_scans
+from deltarad.cohort import (
+    ValidationSettings,
+    planned_scans,
+    read_validated_samples,
+    timepoints_by_patient,
+    validated_scan_rows,
+)
 from deltarad.config import check_config, check_results_dir, schema_path
-from deltarad.segment.stage import scan_paths
-from deltarad.synth import patient_outputs
+from deltarad.layout import BASELINE, scan_paths
+from deltarad.layout import synthetic_patient_outputs as patient_outputs
 
 validate(config, schema=str(schema_path("config")))
 _problems = check_config(config) + check_results_dir(config)
@@ -26,6 +34,7 @@ COHORT = RESULTS / "cohort"
 SYNTHETIC = config["cohort"]["source"] == "synthetic"
 PLANNED = planned_scans(config)
 PATIENTS = sorted(PLANNED["patient_id"].unique())
+PLANNED_TIMEPOINTS = timepoints_by_patient(PLANNED)
 # (patient, timepoint) of every scan after the baseline: registered to it, compared with it.
 LATER = PLANNED[PLANNED["timepoint"] != BASELINE]
 REPO = Path(workflow.basedir)
@@ -62,18 +71,18 @@ def synthetic_patient_outputs(pattern):
 
 def validated_table():
     """The validated samples table (available once the validation checkpoint has run)."""
-    return pd.read_csv(
-        checkpoints.validate_cohort.get().output.samples, sep="\t", dtype=str
-    )
+    return read_validated_samples(checkpoints.validate_cohort.get().output.samples)
+
+
+def validated_row(wildcards):
+    """The validated sheet's row of one scan (wildcards patient, timepoint)."""
+    rows = validated_scan_rows(checkpoints.validate_cohort.get().output.samples)
+    return rows[(wildcards.patient, wildcards.timepoint)]
 
 
 def validated_scan(wildcards):
     """Image and mask of one scan (wildcards patient, timepoint) as validated."""
-    table = validated_table()
-    row = table[
-        (table["patient_id"] == wildcards.patient)
-        & (table["timepoint"] == wildcards.timepoint)
-    ].iloc[0]
+    row = validated_row(wildcards)
     scan = {"image": row["image"]}
     if isinstance(row["mask"], str):
         scan["mask"] = row["mask"]
@@ -88,7 +97,7 @@ def validated_scan_files(wildcards):
 
 def feature_timepoints(wildcards):
     """A patient's timepoints, baseline first (as planned at parse time)."""
-    tps = PLANNED.loc[PLANNED["patient_id"] == wildcards.patient, "timepoint"].tolist()
+    tps = PLANNED_TIMEPOINTS.get(wildcards.patient, [])
     return [BASELINE] + [tp for tp in tps if tp != BASELINE]
 
 
@@ -147,12 +156,7 @@ FAILURE_TABLES = [
 
 def scan_modality(wildcards):
     """Modality of one validated scan (selects per-modality preprocessing)."""
-    table = validated_table()
-    rows = table[
-        (table["patient_id"] == wildcards.patient)
-        & (table["timepoint"] == wildcards.timepoint)
-    ]
-    return rows["modality"].iloc[0]
+    return validated_row(wildcards)["modality"]
 
 
 def preprocess_inputs(wildcards):

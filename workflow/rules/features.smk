@@ -1,6 +1,6 @@
 # Features: pyradiomics on the tumour and peritumoral rings of every timepoint (follow-ups in
 # baseline space after registration), one partial table per patient, merged with deltas.
-from deltarad.features.handcrafted import resolve_params
+from deltarad.layout import resolve_params
 
 # Input functions feature_scans / feature_timepoints live in common.smk.
 FEATURE_PARAMS = resolve_params(config["features"]["params"])

@@ -1,5 +1,5 @@
 # Ingest: generate the synthetic cohort (default) or take the user's sheets, then validate.
-from deltarad.features.handcrafted import resolve_params
+from deltarad.layout import resolve_params
 
 if SYNTHETIC:
 

@@ -1,7 +1,6 @@
 # Segmentation: DeltaRad's multi-task longitudinal network (presets) trained on the training
 # centres, masks and outcome predicted for every patient, QC against the reference masks.
-from deltarad.segment.nnunet import dataset_name as nnunet_dataset_name
-from deltarad.segment.nnunet import model_folder_path as nnunet_model_folder
+from deltarad.layout import nnunet_dataset_name, nnunet_model_folder
 from deltarad.segment.plan import NNUNET, preset_for, wants_gpu
 from deltarad.runlog import UserError
 

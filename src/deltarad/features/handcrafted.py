@@ -25,6 +25,7 @@ import yaml
 
 from deltarad import io
 from deltarad.features.regions import build_regions
+from deltarad.layout import resolve_params  # noqa: F401 (the workflow imports it from layout)
 from deltarad.runlog import UserError
 
 SOURCE = "pyrad"
@@ -33,17 +34,6 @@ log = logging.getLogger(__name__)
 
 class GeometryMismatchError(UserError):
     """Image and mask of a scan are not on the same voxel grid."""
-
-
-def resolve_params(path: str | Path) -> Path:
-    """A parameter file as given, else relative to the DeltaRad folder (where config/ lives)."""
-    path = Path(path)
-    if path.is_absolute() or path.exists():
-        return path
-    beside = Path(__file__).resolve().parents[3] / path
-    if beside.exists():
-        return beside
-    raise UserError(f"pyradiomics parameter file not found: {path}")
 
 
 def load_params(path: str | Path) -> dict[str, Any]:

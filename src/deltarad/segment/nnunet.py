@@ -27,12 +27,16 @@ import numpy as np
 import SimpleITK as sitk
 
 from deltarad import io
+from deltarad.layout import NNUNET_PLANS as PLANS
+from deltarad.layout import nnunet_dataset_name as dataset_name
+from deltarad.layout import nnunet_model_folder as model_folder_path  # noqa: F401
 from deltarad.runlog import UserError
 from deltarad.segment.device import resolve_device
 
+# PLANS, dataset_name and model_folder_path (where train puts the model) come from
+# deltarad.layout: the workflow computes these folder names while parsing, without numpy.
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
 FILE_ENDING = ".nii.gz"
-PLANS = "nnUNetPlans"
 # nnU-Net's own (lower-case) environment variable names.
 N_PROC_VAR, N_PROC_DA_VAR, RESULTS_VAR = "nnUNet_def_n_proc", "nnUNet_n_proc_DA", "nnUNet_results"
 
@@ -66,21 +70,6 @@ def cases_from_inputs(named: dict[str, Any]) -> list[NnunetCase]:
     ]
 
 
-def model_folder_path(
-    root: Path,
-    dataset_id: int,
-    name: str,
-    configuration: str = "3d_fullres",
-    trainer: str = "nnUNetTrainer",
-) -> Path:
-    """Where :func:`train` puts the model (nnU-Net's ``{Trainer}__{Plans}__{configuration}``),
-    computed without importing nnU-Net, for declaring rule outputs (`root` kept as given)."""
-    return (
-        Path(root) / "results" / dataset_name(dataset_id, name)
-        / f"{trainer}__{PLANS}__{configuration}"
-    )  # fmt: skip
-
-
 def configure_paths(root: Path, n_proc: int = 2) -> dict[str, Path]:
     """Create ``root/{raw,preprocessed,results}`` and point nnU-Net's variables at them.
 
@@ -95,14 +84,6 @@ def configure_paths(root: Path, n_proc: int = 2) -> dict[str, Path]:
         os.environ[f"nnUNet_{key}"] = str(path)
     os.environ[N_PROC_VAR] = os.environ[N_PROC_DA_VAR] = str(int(n_proc))
     return paths
-
-
-def dataset_name(dataset_id: int, name: str) -> str:
-    if not 1 <= int(dataset_id) <= 999:
-        raise UserError(f"nnU-Net dataset id must be 1..999, got {dataset_id}")
-    if not re.fullmatch(r"[A-Za-z0-9]+", name):
-        raise UserError(f"nnU-Net dataset name must be letters and digits, got {name!r}")
-    return f"Dataset{int(dataset_id):03d}_{name}"
 
 
 def dataset_folder(root: Path, dataset_id: int, stage: str = "raw") -> Path:

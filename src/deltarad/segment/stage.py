@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from deltarad import io
-from deltarad.cohort import BASELINE
+from deltarad.layout import BASELINE, scan_paths
 from deltarad.qc import dice
 from deltarad.runlog import UserError
 from deltarad.segment.data import PairCase
@@ -63,12 +63,6 @@ def split_patients(
 def patient_timepoints(samples: pd.DataFrame, patient: str) -> list[str]:
     tps = samples.loc[samples["patient_id"] == patient, "timepoint"].tolist()
     return [BASELINE] + sorted(tp for tp in tps if tp != BASELINE)
-
-
-def scan_paths(results: Path, patient: str, timepoint: str) -> tuple[Path, Path]:
-    """Image and given mask of a scan on the patient's baseline grid."""
-    folder = results / ("preprocessed" if timepoint == BASELINE else "registered") / patient
-    return folder / f"{timepoint}.nii.gz", folder / f"{timepoint}_mask.nii.gz"
 
 
 def pair_cases(

@@ -1,0 +1,125 @@
+"""Names and paths the workflow needs while Snakemake parses the Snakefile, from the config alone.
+
+Why a module of its own: every Snakemake invocation (a no-op rerun and a dry run included)
+imports what the rule files import before it can build the DAG. Keeping these helpers on the
+standard library means parsing does not pay for numpy, scipy, SimpleITK or matplotlib. The
+modules that own the logic (:mod:`deltarad.synth`, :mod:`deltarad.segment.stage`,
+:mod:`deltarad.segment.nnunet`, :mod:`deltarad.features.handcrafted`) use or re-export these,
+and unit tests check they agree.
+
+Example:
+    >>> synthetic_patient_ids({"patients_per_center": 2, "centers": [{"name": "A"}]})
+    ['A-001', 'A-002']
+    >>> scan_paths(Path("results"), "A-001", "followup")[0].as_posix()
+    'results/registered/A-001/followup.nii.gz'
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from deltarad.runlog import UserError
+
+BASELINE = "baseline"
+# Timepoints of every synthetic patient (deltarad.synth.TIMEPOINTS).
+SYNTHETIC_TIMEPOINTS = (BASELINE, "followup")
+# The DeltaRad folder (where config/ lives): relative parameter files are also looked up here.
+REPO = Path(__file__).resolve().parents[2]
+# nnU-Net's plans identifier, part of its model folder name.
+NNUNET_PLANS = "nnUNetPlans"
+
+
+# --- the synthetic cohort ------------------------------------------------------------------
+
+
+def synthetic_patient_id(center: str, index: int) -> str:
+    """``{centre}-{NNN}`` of the `index`-th (0-based) patient of a centre."""
+    return f"{center}-{index + 1:03d}"
+
+
+def synthetic_patient_ids(block: Mapping[str, Any]) -> list[str]:
+    """IDs of the synthetic cohort of a config's ``synthetic`` block, in generation order
+    (as :meth:`deltarad.synth.SynthConfig.patients`)."""
+    per_center = int(block.get("patients_per_center", 15))
+    centers = block.get("centers", [{"name": "C1"}])
+    return [synthetic_patient_id(c["name"], i) for c in centers for i in range(per_center)]
+
+
+def image_relpath(patient_id: str, timepoint: str) -> str:
+    return f"images/{patient_id}/{timepoint}.nii.gz"
+
+
+def mask_relpath(patient_id: str, timepoint: str) -> str:
+    return f"masks/{patient_id}/{timepoint}.nii.gz"
+
+
+def transform_relpath(patient_id: str) -> tuple[str, str]:
+    """(parameters JSON, deformation field) of the true follow-up -> baseline transform."""
+    return (
+        f"truth/transforms/{patient_id}/followup.json",
+        f"truth/transforms/{patient_id}/followup_deformation.nii.gz",
+    )
+
+
+def synthetic_patient_outputs(patient_id: str) -> list[str]:
+    """Every file the simulation of one patient (:func:`deltarad.synth.simulate_patient`)
+    writes, relative to the cohort root."""
+    files = []
+    for tp in SYNTHETIC_TIMEPOINTS:
+        files += [image_relpath(patient_id, tp), mask_relpath(patient_id, tp)]
+        files.append(f"truth/masks/{patient_id}/{tp}.nii.gz")
+    return files + [
+        f"truth/masks/{patient_id}/followup_in_baseline.nii.gz",
+        *transform_relpath(patient_id),
+        f"truth/patients/{patient_id}.json",
+    ]
+
+
+# --- the results tree ----------------------------------------------------------------------
+
+
+def scan_paths(results: Path, patient: str, timepoint: str) -> tuple[Path, Path]:
+    """Image and given mask of a scan on the patient's baseline grid."""
+    folder = results / ("preprocessed" if timepoint == BASELINE else "registered") / patient
+    return folder / f"{timepoint}.nii.gz", folder / f"{timepoint}_mask.nii.gz"
+
+
+def resolve_params(path: str | Path) -> Path:
+    """A parameter file as given, else relative to the DeltaRad folder (where config/ lives)."""
+    path = Path(path)
+    if path.is_absolute() or path.exists():
+        return path
+    beside = REPO / path
+    if beside.exists():
+        return beside
+    raise UserError(f"pyradiomics parameter file not found: {path}")
+
+
+# --- nnU-Net's folder names ----------------------------------------------------------------
+
+
+def nnunet_dataset_name(dataset_id: int, name: str) -> str:
+    """nnU-Net's ``Dataset{id:03d}_{name}``."""
+    if not 1 <= int(dataset_id) <= 999:
+        raise UserError(f"nnU-Net dataset id must be 1..999, got {dataset_id}")
+    if not re.fullmatch(r"[A-Za-z0-9]+", name):
+        raise UserError(f"nnU-Net dataset name must be letters and digits, got {name!r}")
+    return f"Dataset{int(dataset_id):03d}_{name}"
+
+
+def nnunet_model_folder(
+    root: Path,
+    dataset_id: int,
+    name: str,
+    configuration: str = "3d_fullres",
+    trainer: str = "nnUNetTrainer",
+) -> Path:
+    """Where nnU-Net training puts the model (``{Trainer}__{Plans}__{configuration}``),
+    computed without importing nnU-Net, for declaring rule outputs (`root` kept as given)."""
+    return (
+        Path(root) / "results" / nnunet_dataset_name(dataset_id, name)
+        / f"{trainer}__{NNUNET_PLANS}__{configuration}"
+    )  # fmt: skip
