@@ -60,6 +60,7 @@ from bench_nnunet_predict import REPO, make_cases, run_cli
 from deltarad import io
 from deltarad.segment import infer, nnunet
 from deltarad.segment.data import PairCase
+from deltarad.segment.device import memory_layout
 from deltarad.segment.infer import _gaussian, _windows, sliding_window
 from deltarad.segment.plan import Preset, normalize, topology_from_nnunet_plans
 from deltarad.segment.train import train_network
@@ -189,7 +190,9 @@ def interleaved_steps(model: Path, reps: int, device: torch.device) -> dict:
     """One SGD step (forward, loss, backward, update) of each network on the same B volumes,
     round robin, so that the machine's load drifts alike for both: the network and loss cost
     without the data pipelines. nnU-Net: its network (contiguous, as its trainer) with its
-    deep-supervised Dice+CE; ours: LongitudinalNet on B/2 pairs (channels-last, as train.py)."""
+    deep-supervised Dice+CE; ours: LongitudinalNet on B/2 pairs, in train.py's memory format
+    (`memory_layout`). The same plain SGD on both sides: this compares the networks; train.py's
+    fused optimizer is in the trainers' figures."""
     from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
@@ -222,9 +225,9 @@ def interleaved_steps(model: Path, reps: int, device: torch.device) -> dict:
         for f in np.cumprod(np.asarray(arch["arch_kwargs"]["strides"][1:n_out]), axis=0).tolist()
     ]
     ours = LongitudinalNet(plan, Preset("seg_only", ("segmentation",)), len(plan.features) - 1)
-    cl = torch.channels_last_3d
-    ours = ours.to(device, memory_format=cl)
-    xc, yc = x.to(memory_format=cl), y.to(memory_format=cl)
+    layout = memory_layout(device)
+    ours = ours.to(device, memory_format=layout)
+    xc, yc = x.contiguous(memory_format=layout), y.contiguous(memory_format=layout)
     half = x.shape[0] // 2
     opts = {
         name: torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.99, nesterov=True)
@@ -285,8 +288,8 @@ def nnunet_network(model: Path, device: torch.device):
     ckpt = torch.load(model / "fold_0/checkpoint_final.pth", map_location="cpu", weights_only=False)
     weights = {k.removeprefix("_orig_mod."): v for k, v in ckpt["network_weights"].items()}
     net.load_state_dict(weights)
-    # As our load_model does: channels-last 3-D (faster oneDNN convolutions on CPU).
-    net.to(device, memory_format=torch.channels_last_3d).eval()
+    # As our load_model does (`memory_layout`: contiguous on CPU, channels-last on CUDA).
+    net.to(device, memory_format=memory_layout(device)).eval()
     return net, plans_manager, config
 
 
@@ -433,7 +436,7 @@ def main() -> None:
     parser.add_argument("--test-size", type=int, default=48, help="test scan edge (voxels)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs for both trainers")
     parser.add_argument("--iterations", type=int, default=8, help="iterations per epoch")
-    parser.add_argument("--step-reps", type=int, default=5, help="interleaved SGD steps each")
+    parser.add_argument("--step-reps", type=int, default=10, help="interleaved SGD steps each")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--n-proc", type=int, default=os.cpu_count() or 2)
     parser.add_argument(

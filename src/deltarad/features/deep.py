@@ -97,7 +97,8 @@ def pool_regions(
 
 def own_encoder(model_folder: str | Path, device: str = "cpu") -> DeepEncoder:
     """DeltaRad's trained network (plan.json + checkpoint_final.pt): whole image, one pass."""
-    from deltarad.segment.infer import inference_layout, load_model, resolve_device
+    from deltarad.segment.device import memory_layout
+    from deltarad.segment.infer import load_model, resolve_device
     from deltarad.segment.plan import normalize
 
     dev = resolve_device(device)
@@ -110,7 +111,7 @@ def own_encoder(model_folder: str | Path, device: str = "cpu") -> DeepEncoder:
         target = np.ceil(np.asarray(array.shape) / plan.divisor) * plan.divisor
         pads = [(0, int(t) - s) for s, t in zip(array.shape, target, strict=True)]
         padded = np.pad(array, pads, constant_values=float(array.min()))
-        x = torch.from_numpy(padded)[None, None].to(dev, memory_format=inference_layout(dev))
+        x = torch.from_numpy(padded)[None, None].to(dev, memory_format=memory_layout(dev))
         with torch.no_grad():
             acts: Activations = [a[0].cpu() for a in net.encode(x)]
         return acts, {n: np.pad(r, pads) for n, r in regions.items()}

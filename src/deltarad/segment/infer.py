@@ -17,7 +17,7 @@ import torch
 from deltarad import io
 from deltarad.runlog import UserError
 from deltarad.segment.data import LoadedPair, PairCase, crop_at, load_pair, pad_to
-from deltarad.segment.device import resolve_device
+from deltarad.segment.device import memory_layout, resolve_device
 from deltarad.segment.network import LongitudinalNet
 from deltarad.segment.plan import Preset, TopologyPlan
 
@@ -45,14 +45,8 @@ def load_model(folder: Path, device: torch.device) -> tuple[LongitudinalNet, Top
     net = LongitudinalNet(plan, preset, deep_supervision=1)
     state = torch.load(ckpt_path, map_location=device, weights_only=True)
     net.load_state_dict(state["model"])
-    net.to(device, memory_format=inference_layout(device)).eval()
+    net.to(device, memory_format=memory_layout(device)).eval()
     return net, plan, preset
-
-
-def inference_layout(device: torch.device) -> torch.memory_format:
-    """Channels-last speeds up CPU training (backward) ~4x but slows CPU inference 10-30 %
-    (measured in bench/bench_segmentation.py); on CUDA it helps both."""
-    return torch.channels_last_3d if device.type == "cuda" else torch.contiguous_format
 
 
 def _gaussian(patch: np.ndarray, sigma_scale: float = 0.125) -> torch.Tensor:
@@ -89,7 +83,7 @@ def sliding_window(
     """
     padded, pads = zip(*(pad_to(c, patch, float(c.min())) for c in volume), strict=True)
     shape = np.asarray(padded[0].shape)
-    x = torch.from_numpy(np.stack(padded))[None].to(device, memory_format=inference_layout(device))
+    x = torch.from_numpy(np.stack(padded))[None].to(device, memory_format=memory_layout(device))
     weight = _gaussian(patch).to(device)
     acc = norm = None
     for z, y, w in _windows(shape, patch, overlap):
@@ -130,7 +124,7 @@ def predict_pair(
         probs = (prob[0], prob[1])
     response = risk = math.nan
     if net.preset.outcome and outcome:
-        cl = inference_layout(device)
+        cl = memory_layout(device)
         window = crop_at(
             {"base": pair.base, "follow": pair.follow},
             np.asarray(plan.patch_size),

@@ -21,12 +21,13 @@ def deep_supervision_loss(outputs: list[torch.Tensor], target: torch.Tensor) -> 
     """Dice + CE at each resolution against the max-pooled target; weights 1, 1/2, 1/4 ...,
     normalised."""
     weights = torch.tensor([0.5**i for i in range(len(outputs))])
-    weights = weights / weights.sum()
+    # Plain numbers (the same float32 values): no small tensor copied to the device per level.
+    weights = (weights / weights.sum()).tolist()
     total = torch.zeros((), device=target.device)
     for w, out in zip(weights, outputs, strict=False):
         factor = [t // o for t, o in zip(target.shape[2:], out.shape[2:], strict=False)]
         tgt = target if all(f == 1 for f in factor) else F.max_pool3d(target, factor, factor)
-        total = total + w.to(target.device) * dice_ce_loss(out, tgt)
+        total = total + w * dice_ce_loss(out, tgt)
     return total
 
 

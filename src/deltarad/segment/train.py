@@ -33,6 +33,7 @@ from deltarad.segment.data import (
     sample_patch,
     spacing_zyx,
 )
+from deltarad.segment.device import memory_layout
 from deltarad.segment.infer import predict_pair, resolve_device
 from deltarad.segment.losses import cox_loss, deep_supervision_loss, response_loss
 from deltarad.segment.network import LongitudinalNet
@@ -79,14 +80,20 @@ def deterministic_kernels() -> None:
 
 
 def make_optimizer(net: torch.nn.Module, tr: dict[str, Any]) -> torch.optim.Optimizer:
-    """nnU-Net's SGD (Nesterov, momentum 0.99), or AdamW for short CPU budgets."""
+    """nnU-Net's SGD (Nesterov, momentum 0.99), or AdamW for short CPU budgets.
+
+    Fused kernels (one pass over all parameters instead of a Python loop of small ops) where
+    torch has them for the parameters' device: the same update rule, ~3x faster AdamW step on CPU.
+    """
+    device = next(net.parameters()).device
+    fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
     if tr["optimizer"] == "adamw":
         return torch.optim.AdamW(
-            net.parameters(), lr=tr["learning_rate"], weight_decay=tr["weight_decay"]
+            net.parameters(), lr=tr["learning_rate"], weight_decay=tr["weight_decay"], **fused
         )
     return torch.optim.SGD(
         net.parameters(), lr=tr["learning_rate"], momentum=tr["momentum"],
-        weight_decay=tr["weight_decay"], nesterov=True,
+        weight_decay=tr["weight_decay"], nesterov=True, **fused,
     )  # fmt: skip
 
 
@@ -171,8 +178,7 @@ def train_network(
     val_pairs = [load_pair(c, plan, need_masks=True) for c in val_cases]
     torch.manual_seed(seed)
     net = LongitudinalNet(plan, preset, deep_supervision=net_cfg["deep_supervision"])
-    # Channels-last 3-D tensors make CPU convolution backward ~4x faster (oneDNN kernels).
-    net = net.to(device, memory_format=torch.channels_last_3d)
+    net = net.to(device, memory_format=memory_layout(device))
     opt = make_optimizer(net, tr)
     use_amp = device.type == "cuda" and tr["mixed_precision"]
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -226,9 +232,10 @@ def train_network(
             torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
             scaler.step(opt)
             scaler.update()
-            for k, v in {"loss": float(loss.detach()), **parts}.items():
+            value = float(loss.detach())
+            for k, v in {"loss": value, **parts}.items():
                 sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            bar.set_postfix(loss=f"{value:.3f}")
         row = {"epoch": epoch + 1, **{k: v / iters for k, v in sums.items()}}
         row["val_dice"] = validation_dice(net, val_patches, device) if preset.segments else math.nan
         row["lr"] = opt.param_groups[0]["lr"]
@@ -259,10 +266,8 @@ def _make_batch(
     drawn = [sample_patch(p, patch, rng, fg) for p in chosen]
     samples = [aug(sample) for sample, _ in drawn]
     arrays = collate([{k: np.asarray(v) for k, v in s.items()} for s in samples])
-    batch = {
-        k: torch.from_numpy(v).to(device, memory_format=torch.channels_last_3d)
-        for k, v in arrays.items()
-    }
+    layout = memory_layout(device)
+    batch = {k: torch.from_numpy(v).to(device, memory_format=layout) for k, v in arrays.items()}
     for key in ("base_seg", "follow_seg"):
         batch[key] = (batch[key] > 0.5).float()
     for key in ("response", "time", "event"):
