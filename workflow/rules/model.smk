@@ -53,6 +53,8 @@ rule models:
             "models": config["models"],
             "study": config["study"],
             "segmentation": config.get("segmentation", {}),
+            # Which network's encoder gave the deep features (leakage guard).
+            "features": {"deep": config["features"]["deep"]},
         },
     script:
         "../scripts/model_run.py"

@@ -133,7 +133,12 @@ def _best_model_per_set(metrics: pd.DataFrame, endpoint: str, metric: str) -> pd
     cv = rows[rows["evaluation"] == "nested_cv"]
     if cv.empty:
         cv = rows
-    best = cv.sort_values("value", ascending=False).drop_duplicates("feature_set")
+    # Sets without nested-CV rows (deep features of an outcome-trained encoder: external only)
+    # take their best model from the evaluations they have.
+    rest = rows[~rows["feature_set"].isin(cv["feature_set"])]
+    best = (
+        pd.concat([cv, rest]).sort_values("value", ascending=False).drop_duplicates("feature_set")
+    )
     keep = set(zip(best["feature_set"], best["model"], strict=True))
     mask = [(f, m) in keep for f, m in zip(rows["feature_set"], rows["model"], strict=True)]
     return rows[mask].assign(category=rows["feature_set"][mask])

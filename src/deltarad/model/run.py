@@ -203,6 +203,7 @@ def run_models(
     cohort = Cohort.load(features, clinical, samples)
     oracle = io.read_tsv(latent).set_index("patient_id") if latent else None
     net = _read_network(network, methods)
+    deep_trained_on = _deep_feature_label_patients(config, net)
     log.info(
         "%d patients, centres %s, external %s; feature sets %s",
         len(cohort.centers),
@@ -235,9 +236,20 @@ def run_models(
             except EmptyFeatureSet as err:
                 log.warning("%s: %s", endpoint, err)
                 continue
+            fs_splits = splits
+            if deep_trained_on and any("__deep__" in c for c in X.columns):
+                fs_splits = clean_splits(splits, ids, deep_trained_on)
+                log.warning(
+                    "%s/%s: deep features come from an encoder trained with the outcome labels "
+                    "of %d patients; evaluated only where none of them is a test patient (%s)",
+                    endpoint,
+                    fs.name,
+                    len(deep_trained_on),
+                    sorted({sp.evaluation for sp in fs_splits}) or "none",
+                )
             tasks.append(
                 delayed(_run_feature_set)(
-                    endpoint, fs.name, X, y, strata, splits, rec, settings, out
+                    endpoint, fs.name, X, y, strata, fs_splits, rec, settings, out
                 )
             )
         # Threads: forests and numpy release the GIL; logging stays in this process's log.
@@ -387,6 +399,27 @@ def _metrics(
         rows += r
         td += t
     return rows, td
+
+
+def _deep_feature_label_patients(config: Mapping[str, Any], net: pd.DataFrame | None) -> set[str]:
+    """Patients whose outcomes trained the encoder behind the deep features: the train/val
+    patients of ``features.deep.method`` when its preset has a response or survival head.
+
+    Such an encoder has seen those labels, so a test fold holding them would score the deep
+    features optimistically (leakage); the feature sets with deep columns skip those folds.
+    """
+    method = ((config.get("features") or {}).get("deep") or {}).get("method")
+    presets = (config.get("segmentation") or {}).get("presets") or {}
+    heads = set((presets.get(method) or {}).get("heads", []))
+    if net is None or not heads & {"response", "survival"}:
+        return set()
+    rows = net[net["method"] == method]
+    return set(rows.loc[rows["split"] != "test", "patient_id"].astype(str))
+
+
+def clean_splits(splits: Sequence[Split], ids: np.ndarray, exclude: set[str]) -> list[Split]:
+    """The splits none of whose test patients is in `exclude`."""
+    return [s for s in splits if not any(str(ids[p]) in exclude for p in s.test)]
 
 
 def _read_network(path: str | Path | None, methods: list[str]) -> pd.DataFrame | None:

@@ -351,3 +351,40 @@ def test_random_survival_forest_gets_seeded_permutation_importances(caplog):
         t = summaries.coefficients("survival", "rsf", "fs", pipe, X, only_last, 5, 3)
     assert t["importance"].isna().all()
     assert "rsf/fs: no permutation importances on the 60 training patients" in caplog.text
+
+
+@pytest.mark.parametrize("heads", [["segmentation", "response"], ["segmentation"]])
+def test_deep_features_of_an_outcome_trained_encoder_only_on_unseen_patients(tmp_path, heads):
+    """The encoder of a network with an outcome head has seen its train/val patients' labels:
+    its deep features are evaluated only on folds without those patients (here: external D).
+    A segmentation-only encoder has seen no labels and keeps every evaluation."""
+    outputs = write_cohort(tmp_path, n_per=10, p=6)
+    feats = pd.read_parquet(tmp_path / "features.parquet")
+    rng = np.random.default_rng(3)
+    for i in range(4):
+        feats[f"baseline__tumor__deep__l1_f{i}_mean"] = rng.normal(size=len(feats))
+    feats.to_parquet(tmp_path / "features.parquet", index=False)
+    config = {
+        **CONFIG,
+        "models": {
+            **CONFIG["models"],
+            "endpoints": ["response"],
+            "loco": True,
+            "bootstrap": 50,
+            "feature_sets": [
+                {"name": "clinical", "clinical": ["age", "sex"]},
+                {"name": "deep", "timepoints": ["*"], "sources": ["deep"]},
+            ],
+        },
+        "segmentation": {"methods": ["mtms"], "presets": {"mtms": {"heads": heads}}},
+        "features": {"deep": {"method": "mtms"}},
+    }
+    run(tmp_path, outputs, config=config)
+    m = io.read_tsv(outputs["metrics"])
+    deep = set(m.loc[m["feature_set"] == "deep", "evaluation"])
+    clinical = set(m.loc[m["feature_set"] == "clinical", "evaluation"])
+    assert "nested_cv" in clinical and any(e.startswith("loco:") for e in clinical)
+    if "response" in heads:
+        assert deep == {"external:D"}
+    else:
+        assert deep == clinical
