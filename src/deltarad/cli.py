@@ -76,12 +76,13 @@ def cmd_validate(ns: argparse.Namespace) -> int:
 def cmd_extract(ns: argparse.Namespace) -> int:
     from deltarad.features import handcrafted as hc
     from deltarad.features.regions import TUMOR, parse_rings, region_name
+    from deltarad.layout import resolve_params
     from deltarad.runlog import UserError
 
     try:
         rings = parse_rings(ns.rings)
         names = [TUMOR] + [region_name(a, b) for a, b in rings]
-        extractor = hc.make_extractor(hc.resolve_params(ns.params))
+        extractor = hc.make_extractor(resolve_params(ns.params))
         minimum = {TUMOR: ns.min_tumor_voxels} | {n: ns.min_ring_voxels for n in names[1:]}
         feats, errors = hc.extract_scan(
             ns.image, ns.mask, extractor, rings, ns.body_threshold, minimum, ns.label, ns.image

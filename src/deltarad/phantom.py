@@ -113,8 +113,13 @@ def sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
 
+def _open_unit(u: float) -> float:
+    """A uniform draw kept off 0 and 1, where the logit and the normal quantile are infinite."""
+    return min(max(u, 1e-12), 1.0 - 1e-12)
+
+
 def _logit(u: float) -> float:
-    u = min(max(u, 1e-12), 1.0 - 1e-12)
+    u = _open_unit(u)
     return math.log(u) - math.log1p(-u)
 
 
@@ -265,9 +270,7 @@ def draw_patient(cfg: SynthConfig, rng: np.random.Generator) -> tuple[Anatomy, d
     u = rng.random()
     responder = bool(u < p_response)
     depth = eta - _logit(u)
-    radiological = depth + cfg.response_noise * NormalDist().inv_cdf(
-        min(max(rng.random(), 1e-12), 1.0 - 1e-12)
-    )
+    radiological = depth + cfg.response_noise * NormalDist().inv_cdf(_open_unit(rng.random()))
     degree = sigmoid(cfg.response_slope * radiological)
     lo, hi = cfg.shrinkage
     shrinkage = float(hi - (hi - lo) * degree)

@@ -13,6 +13,7 @@ from deltarad import io
 from deltarad.cohort import (
     CohortError,
     ValidationSettings,
+    _read_validated_samples,
     planned_scans,
     read_validated_samples,
     timepoints_by_patient,
@@ -267,7 +268,9 @@ def test_validated_samples_read_once_per_file_version(tmp_path):
     pd.testing.assert_frame_equal(first, pd.read_csv(path, sep="\t", dtype=str))
     assert first["mask"].isna().all()
     first.loc[0, "patient_id"] = "changed"  # each caller gets its own copy
+    hits = _read_validated_samples.cache_info().hits
     assert read_validated_samples(path).loc[0, "patient_id"] == "P1"
+    assert _read_validated_samples.cache_info().hits == hits + 1  # not parsed again
     row = validated_scan_rows(path)[("P1", "baseline")]
     assert row["modality"] == "CT" and not isinstance(row["mask"], str)
     with pytest.raises(TypeError):

@@ -25,7 +25,6 @@ import yaml
 
 from deltarad import io
 from deltarad.features.regions import build_regions
-from deltarad.layout import resolve_params  # noqa: F401 (the workflow imports it from layout)
 from deltarad.runlog import UserError
 
 SOURCE = "pyrad"

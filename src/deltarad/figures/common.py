@@ -226,4 +226,4 @@ def oracle_rows(df: pd.DataFrame) -> pd.DataFrame:
     """The pre-treatment oracle's rows of a predictions or td_auc table (empty outside the
     synthetic cohort); the follow-up oracle (feature set ``oracle:followup``) is left out."""
     rows = df[df["model"] == ORACLE]
-    return rows[rows["feature_set"] == ORACLE] if "feature_set" in rows else rows
+    return rows[rows["feature_set"] == ORACLE]

@@ -29,12 +29,11 @@ import SimpleITK as sitk
 from deltarad import io
 from deltarad.layout import NNUNET_PLANS as PLANS
 from deltarad.layout import nnunet_dataset_name as dataset_name
-from deltarad.layout import nnunet_model_folder as model_folder_path  # noqa: F401
 from deltarad.runlog import UserError
 from deltarad.segment.device import resolve_device
 
-# PLANS, dataset_name and model_folder_path (where train puts the model) come from
-# deltarad.layout: the workflow computes these folder names while parsing, without numpy.
+# PLANS and dataset_name come from deltarad.layout, as does nnunet_model_folder (where train
+# puts the model): the workflow computes these folder names while parsing, without numpy.
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
 FILE_ENDING = ".nii.gz"
 # nnU-Net's own (lower-case) environment variable names.

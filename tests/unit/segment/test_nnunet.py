@@ -17,6 +17,7 @@ import SimpleITK as sitk
 import torch
 
 from deltarad import io
+from deltarad.layout import nnunet_model_folder
 from deltarad.runlog import UserError
 from deltarad.segment import nnunet, nnunet_network
 from deltarad.segment.nnunet import NnunetCase
@@ -146,7 +147,7 @@ def test_splits_keep_patients_together(pipeline):
 def test_model_folder_layout_and_checkpoint(pipeline):
     model = pipeline["model"]
     assert model.name == MODEL_NAME
-    assert model == nnunet.model_folder_path(pipeline["root"], DATASET_ID, "Test").resolve()
+    assert model == nnunet_model_folder(pipeline["root"], DATASET_ID, "Test").resolve()
     for name in ("dataset.json", "plans.json", "fold_0/checkpoint_final.pth"):
         assert (model / name).is_file(), name
     assert not (model / "fold_0/checkpoint_latest.pth").exists()
