@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--modality",
         default="CT",
         choices=["CT", "MR", "PET"],
-        help="modality (body mask for the QC measures)",
+        help="modality (body mask of the B-spline intensity window and the QC measures)",
     )
     p.add_argument(
         "--config",

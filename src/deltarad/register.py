@@ -2,9 +2,11 @@
 
 Rigid -> affine -> B-spline, multi-resolution, Mattes mutual information (SimpleITK). The result
 maps a baseline (fixed) point to the follow-up (moving) point of the same tissue, which is what
-resampling the follow-up into baseline space needs. QC measures what can be measured without
-truth (metric before/after, Jacobian determinant range, largest displacement) and, on the
-synthetic cohort, the target registration error against the true transform.
+resampling the follow-up into baseline space needs. The B-spline stage sees both images clipped
+to an intensity window of their body voxels (percentiles), so that soft-tissue contrast, not
+the air/bone extremes, fills the mutual-information histogram. QC measures what can be measured
+without truth (metric before/after, Jacobian determinant range, largest displacement) and, on
+the synthetic cohort, the target registration error against the true transform.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from deltarad.config import ConfigError
 from deltarad.preprocess import body_mask, resample_label
 from deltarad.qc import dice
 from deltarad.runlog import UserError
@@ -32,6 +35,7 @@ class StageSettings:
     shrink: tuple[int, ...]
     smoothing_mm: tuple[float, ...]
     iterations: int
+    sampling: float | None = None  # fraction of voxels sampled; None: the registration's
 
 
 @dataclass(frozen=True)
@@ -44,8 +48,10 @@ class RegistrationSettings:
     seed: int = 20261125
     rigid: StageSettings = StageSettings((4, 2, 1), (2.0, 1.0, 0.0), 200)
     affine: StageSettings = StageSettings((2, 1), (1.0, 0.0), 100)
-    bspline: StageSettings = StageSettings((4, 2), (2.0, 1.0), 100)
+    bspline: StageSettings = StageSettings((2, 1), (1.0, 0.0), 100)
     bspline_grid_mm: float = 30.0
+    # Body-voxel intensity percentiles the B-spline stage clips both images to (None: no clip).
+    bspline_window_pct: tuple[float, float] | None = (1.0, 99.0)
     max_displacement_mm: float = 40.0
     min_jacobian: float = 0.0
 
@@ -56,13 +62,22 @@ class RegistrationSettings:
         def stage(name: str) -> StageSettings:
             s = block.get(name, {})
             base = getattr(d, name)
+            sampling = s.get("sampling", base.sampling)
             return StageSettings(
                 tuple(int(v) for v in s.get("shrink", base.shrink)),
                 tuple(float(v) for v in s.get("smoothing_mm", base.smoothing_mm)),
                 int(s.get("iterations", base.iterations)),
+                None if sampling is None else float(sampling),
             )
 
         gate = block.get("gate", {})
+        bspline = block.get("bspline", {})
+        window = bspline.get("window_percentiles", d.bspline_window_pct)
+        if window is not None and not 0 <= float(window[0]) < float(window[1]) <= 100:
+            raise ConfigError(
+                "config registration.bspline.window_percentiles must be [low, high] with "
+                f"0 <= low < high <= 100, got {list(window)}"
+            )
         return cls(
             stages=tuple(block.get("stages", d.stages)),
             histogram_bins=int(block.get("histogram_bins", d.histogram_bins)),
@@ -71,7 +86,8 @@ class RegistrationSettings:
             rigid=stage("rigid"),
             affine=stage("affine"),
             bspline=stage("bspline"),
-            bspline_grid_mm=float(block.get("bspline", {}).get("grid_mm", d.bspline_grid_mm)),
+            bspline_grid_mm=float(bspline.get("grid_mm", d.bspline_grid_mm)),
+            bspline_window_pct=None if window is None else (float(window[0]), float(window[1])),
             max_displacement_mm=float(gate.get("max_displacement_mm", d.max_displacement_mm)),
             min_jacobian=float(gate.get("min_jacobian", d.min_jacobian)),
         )
@@ -94,11 +110,23 @@ def _check_input(image: sitk.Image, role: str) -> None:
         raise RegistrationError(f"{role} image is constant ({float(arr.min())}): nothing to align")
 
 
-def _method(settings: RegistrationSettings, stage: StageSettings) -> sitk.ImageRegistrationMethod:
+def _method(
+    settings: RegistrationSettings, stage: StageSettings, gradient_images: bool = False
+) -> sitk.ImageRegistrationMethod:
     r = sitk.ImageRegistrationMethod()
     r.SetMetricAsMattesMutualInformation(settings.histogram_bins)
     r.SetMetricSamplingStrategy(r.RANDOM)
-    r.SetMetricSamplingPercentage(settings.sampling, settings.seed)
+    r.SetMetricSamplingPercentage(
+        settings.sampling if stage.sampling is None else stage.sampling, settings.seed
+    )
+    # Linear stages: image gradients by central differences at the sample points, not from a
+    # precomputed recursive-Gaussian gradient image: on scans whose field of view cuts through
+    # the body, that image's edge artefacts pulled the affine stage into 12-15 % scaling as the
+    # metric got worse (synthetic centre C3); without it the affine stage lands within 1 mm.
+    # The B-spline stage (on windowed images) keeps the gradient images: its local gradients
+    # are smoother with them (demo subset: body TRE 0.59 vs 0.79 mm, and faster).
+    r.SetMetricUseFixedImageGradientFilter(gradient_images)
+    r.SetMetricUseMovingImageGradientFilter(gradient_images)
     r.SetInterpolator(sitk.sitkLinear)
     r.SetShrinkFactorsPerLevel(list(stage.shrink))
     r.SetSmoothingSigmasPerLevel(list(stage.smoothing_mm))
@@ -117,10 +145,28 @@ def metric_value(
     return float(r.MetricEvaluate(fixed, moving))
 
 
+def intensity_window(
+    image: sitk.Image, modality: str | None, percentiles: tuple[float, float]
+) -> sitk.Image:
+    """`image` clipped to the given percentiles of its body voxels (float32)."""
+    body = sitk.GetArrayFromImage(body_mask(image, modality or "")) > 0
+    values = sitk.GetArrayViewFromImage(image)
+    values = values[body] if body.any() else values.ravel()
+    lo, hi = np.percentile(values, percentiles)
+    return sitk.Clamp(image, sitk.sitkFloat32, float(lo), float(max(hi, lo)))
+
+
 def register_images(
-    fixed: sitk.Image, moving: sitk.Image, settings: RegistrationSettings
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    settings: RegistrationSettings,
+    modality: str | None = None,
 ) -> RegistrationResult:
-    """Align `moving` (follow-up) onto `fixed` (baseline) with the configured stages."""
+    """Align `moving` (follow-up) onto `fixed` (baseline) with the configured stages.
+
+    `modality` (CT, MR, PET) picks the body threshold of the B-spline stage's intensity window;
+    None uses Otsu's threshold.
+    """
     _check_input(fixed, "fixed (baseline)")
     _check_input(moving, "moving (follow-up)")
     unknown = set(settings.stages) - set(STAGES)
@@ -171,7 +217,7 @@ def register_images(
             for n, s in zip(fixed.GetSize(), fixed.GetSpacing(), strict=True)
         ]
         bspline = sitk.BSplineTransformInitializer(fixed, mesh, order=3)
-        r = _method(settings, settings.bspline)
+        r = _method(settings, settings.bspline, gradient_images=True)
         r.SetOptimizerAsLBFGSB(
             gradientConvergenceTolerance=1e-5,
             numberOfIterations=settings.bspline.iterations,
@@ -181,7 +227,13 @@ def register_images(
         )
         r.SetMovingInitialTransform(linear)
         r.SetInitialTransform(bspline, inPlace=True)
-        r.Execute(fixed, moving)
+        if settings.bspline_window_pct is None:
+            r.Execute(fixed, moving)
+        else:
+            r.Execute(
+                intensity_window(fixed, modality, settings.bspline_window_pct),
+                intensity_window(moving, modality, settings.bspline_window_pct),
+            )
         # The composite applies the B-spline first, then the linear part: x -> A(x + d(x)).
         transform = sitk.CompositeTransform([linear, bspline])
         timings["bspline"] = round(time.perf_counter() - t0, 3)
@@ -365,7 +417,7 @@ def register_scan(
     try:
         fixed = io.read_image(fixed_path)
         moving = io.read_image(moving_path)
-        result = register_images(fixed, moving, settings)
+        result = register_images(fixed, moving, settings, modality)
     except (RegistrationError, io.ImageReadError) as err:
         raise RegistrationError(f"{where} ({moving_path}): {err}") from None
     region = body_mask(fixed, modality)
