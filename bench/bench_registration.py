@@ -1,9 +1,11 @@
 """Benchmark: our registration vs itk-elastix's default rigid+affine+B-spline, side by side.
 
-Run by hand (needs the optional `itk-elastix`, ~1.6 GB, not part of the pinned environment):
+Run by hand (needs the optional `itk-elastix`, ~1.6 GB, not part of the pinned environment;
+installing it beside the environment keeps the pinned numpy):
 
-    .venv/bin/pip install itk-elastix==0.25.4
-    .venv/bin/python bench/bench_registration.py --patients 8 [--cohort results/cohort]
+    .venv/bin/pip install --target /tmp/elx itk-elastix==0.25.4 && rm -rf /tmp/elx/numpy*
+    PYTHONPATH=/tmp/elx .venv/bin/python bench/bench_registration.py --patients 8 \
+        [--cohort results/cohort]
 
 Both engines register the same preprocessed pairs of the default synthetic cohort (generated
 into a temporary folder unless --cohort is given), one after the other in one process, each
@@ -96,7 +98,7 @@ def main() -> None:
         )
         truth = displacement_field(load_true_transform(cohort, pid), fixed)
         start = time.perf_counter()
-        result = register_images(fixed, moving, reg)
+        result = register_images(fixed, moving, reg, cfg.contrast)
         ours_s = time.perf_counter() - start
         ours = field_distances(displacement_field(result.transform, fixed), truth, region)
         elx_field, elx_s = elastix_field(paths["baseline"], paths["followup"])
@@ -115,8 +117,8 @@ def main() -> None:
         "time_ratio_ours_over_elastix": round(
             sum(r["ours_seconds"] for r in rows) / sum(r["elastix_seconds"] for r in rows), 3
         ),
-        "ours_median_tre_mm": float(np.median([r["ours_tre_mm"] for r in rows])),
-        "elastix_median_tre_mm": float(np.median([r["elastix_tre_mm"] for r in rows])),
+        "ours_median_tre_mm": round(float(np.median([r["ours_tre_mm"] for r in rows])), 3),
+        "elastix_median_tre_mm": round(float(np.median([r["elastix_tre_mm"] for r in rows])), 3),
     }
     report = {
         "benchmark": "registration: DeltaRad (SimpleITK) vs itk-elastix default 3 stages",
