@@ -103,6 +103,12 @@ def check_config(config: dict[str, Any]) -> list[str]:
                 f"config key 'registration.{stage}': shrink and smoothing_mm need one value "
                 "per pyramid level each"
             )
+    window = config["registration"]["bspline"].get("window_percentiles")
+    if window is not None and not window[0] < window[1]:
+        problems.append(
+            "config key 'registration.bspline.window_percentiles': must be [low, high] with "
+            f"low < high, got {window}"
+        )
     names = [c["name"] for c in config["synthetic"]["centers"]]
     if len(set(names)) != len(names):
         problems.append("config key 'synthetic.centers': centre names must be unique")
