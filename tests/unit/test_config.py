@@ -44,6 +44,27 @@ def _write(tmp_path, data):
         ({"study": {"external_centers": ["C9"]}}, "centre 'C9' is not one of the known"),
         ({"cohort": {"source": "sheets"}}, "'cohort.samples': required when cohort.source"),
         ({"synthetic": {"centers": [{"name": "A"}, {"name": "A"}]}}, "names must be unique"),
+        (
+            {
+                "registration": {
+                    "affine": {"shrink": [2, 1], "smoothing_mm": [1.0], "iterations": 5}
+                }
+            },
+            "'registration.affine': shrink and smoothing_mm need one value per pyramid level",
+        ),
+        (
+            {
+                "registration": {
+                    "bspline": {
+                        "shrink": [1],
+                        "smoothing_mm": [0.0],
+                        "iterations": 5,
+                        "window_percentiles": [99, 1],
+                    }
+                }
+            },
+            "'registration.bspline.window_percentiles': must be [low, high] with low < high",
+        ),
     ],
 )
 def test_bad_config_is_rejected_with_the_key(tmp_path, data, needle):
