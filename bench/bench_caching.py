@@ -10,13 +10,18 @@ per centre (N and 4N patients), each in a fresh folder:
     no-op as a share of the full run (goal: <= 3 s and <= 2 %);
 (b) one patient's baseline image touched (new mtime, same bytes), then changed (one voxel):
     which jobs Snakemake plans (from its dry run) and runs, against the goal "that patient's
-    jobs plus the aggregates", and whether the other patients' feature rows stay identical;
+    jobs plus the aggregates", and how many values of the other patients' feature rows change
+    (apart: columns from their own scans only, reldelta columns, deep columns). Done for a
+    patient of a training centre (the network trains on it: its retraining reruns every
+    patient's prediction and deep features) and then for one of an external centre;
 (c) wall time per job and rule (from Snakemake's metadata), peak memory per job where the rule
     has a ``benchmark:`` file, and the peak memory of the largest process of the whole run
     (/usr/bin/time); wall(4N)/wall(N) (goal: <= 4.2) and memory per job (goal: flat).
 
-``--default-workdir`` adds a dry run of a finished default run there (read only: nothing in
-that folder is written; the dry run's time stands for the no-op's parse and DAG cost).
+``--default-workdir`` adds, for a finished default run there, three no-op reruns and three dry
+runs (Snakemake writes only its log and lock there). The full run's wall time is bounded below
+by the sum of its jobs' wall times (Snakemake's metadata) over the cores, so the no-op's share
+reported is an upper bound.
 Writes bench/results/caching.json.
 """
 
@@ -137,28 +142,28 @@ def per_rule(jobs: pd.DataFrame, bench: pd.DataFrame) -> dict:
     return out
 
 
-def run_size(root: Path, per_center: int, cores: int) -> dict:
-    workdir = root / f"ppc{per_center}"
-    workdir.mkdir(parents=True, exist_ok=True)
-    override = workdir / "size.yaml"
-    override.write_text(yaml.safe_dump({"synthetic": {"patients_per_center": per_center}}))
-    configs = [*CONFIGS, override]
+def column_groups(columns: pd.Index) -> dict[str, list[str]]:
+    """Feature columns by what they depend on besides the patient's own scans: deep columns on
+    the network (trained on the training centres' patients), reldelta columns on the cohort
+    median of the baseline value (its near-zero floor), the rest on nothing else."""
+    deep = [c for c in columns if "__deep__" in c]
+    reldelta = [c for c in columns if c.startswith("reldelta__") and c not in deep]
+    own = [c for c in columns if c not in deep and c not in reldelta]
+    return {"own_scans_only": own, "reldelta": reldelta, "deep": deep}
+
+
+def changed_values(before: pd.DataFrame, after: pd.DataFrame) -> int:
+    """How many cells differ between two tables of the same rows and columns (NaN equals NaN)."""
+    a, b = before.to_numpy(dtype=object), after.to_numpy(dtype=object)
+    same = (a == b) | (pd.isna(a) & pd.isna(b))
+    return int((~same).sum())
+
+
+def change_one_image(
+    workdir: Path, configs: list[Path], cores: int, patient: str, patients: list[str]
+) -> dict:
+    """(b) for one patient's baseline image: touched only, then its content changed (one voxel)."""
     results = workdir / "results"
-
-    full = snakemake(workdir, configs, cores)
-    if full["exit_code"]:
-        raise SystemExit(f"full run failed in {workdir}:\n{full['output'][-3000:]}")
-    jobs = job_metadata(workdir)
-    bench = benchmark_files(results)
-    patients = sorted(
-        pd.read_csv(results / "tables/samples.validated.tsv", sep="\t")["patient_id"].unique()
-    )
-
-    noop = snakemake(workdir, configs, cores)
-    dry = snakemake(workdir, configs, cores, "-n")
-
-    # (b) one patient's baseline image: touched only, then its content changed (one voxel).
-    patient = patients[0]
     image = results / f"cohort/images/{patient}/baseline.nii.gz"
     os.utime(image)
     touched = planned_jobs(snakemake(workdir, configs, cores, "-n")["output"])
@@ -177,11 +182,66 @@ def run_size(root: Path, per_center: int, cores: int) -> dict:
     incremental = snakemake(workdir, configs, cores)
     after = pd.read_parquet(results / "features/features.parquet").set_index("patient_id")
     others = [p for p in patients if p != patient]
+    others_changed = {
+        group: changed_values(before.loc[others, cols], after.loc[others, cols])
+        for group, cols in column_groups(before.columns).items()
+    }
     own = [j for j in planned if j["wildcards"].get("patient") == patient]
     other_patients = [
         j for j in planned if "patient" in j["wildcards"] and j["wildcards"]["patient"] != patient
     ]
-    aggregates = sorted({j["rule"] for j in planned if "patient" not in j["wildcards"]})
+    return {
+        "image": str(image.relative_to(workdir)),
+        "jobs_planned_after_touch_only": len(touched),
+        "jobs_planned_after_content_change": len(planned),
+        "that_patients_jobs": sorted(
+            f"{j['rule']}:{j['wildcards'].get('timepoint', '')}".rstrip(":") for j in own
+        ),
+        "other_patients_jobs": len(other_patients),
+        "other_patients_jobs_by_rule": dict(
+            sorted(Counter(j["rule"] for j in other_patients).items())
+        ),
+        "aggregate_rules": sorted({j["rule"] for j in planned if "patient" not in j["wildcards"]}),
+        "rerun_wall_s": incremental["wall_s"],
+        "rerun_exit_code": incremental["exit_code"],
+        # Values of the other patients' rows that differ after the rerun (NaN equals NaN).
+        "other_patients_values_changed": others_changed,
+        "that_patients_features_changed": not before.loc[[patient]].equals(after.loc[[patient]]),
+    }
+
+
+def run_size(root: Path, per_center: int, cores: int) -> dict:
+    workdir = root / f"ppc{per_center}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    override = workdir / "size.yaml"
+    override.write_text(yaml.safe_dump({"synthetic": {"patients_per_center": per_center}}))
+    configs = [*CONFIGS, override]
+    results = workdir / "results"
+
+    full = snakemake(workdir, configs, cores)
+    if full["exit_code"]:
+        raise SystemExit(f"full run failed in {workdir}:\n{full['output'][-3000:]}")
+    jobs = job_metadata(workdir)
+    bench = benchmark_files(results)
+    samples = pd.read_csv(results / "tables/samples.validated.tsv", sep="\t")
+    patients = sorted(samples["patient_id"].unique())
+    external = set()
+    for config in configs:
+        study = (yaml.safe_load(config.read_text()) or {}).get("study", {})
+        external = set(study.get("external_centers", external))
+    centre = samples.groupby("patient_id")["center"].first()
+
+    noop = snakemake(workdir, configs, cores)
+    dry = snakemake(workdir, configs, cores, "-n")
+
+    # (b) first a patient the network trains on, then one of an external (test-only) centre.
+    changed = {}
+    for role, wanted in (("training_centre", False), ("external_centre", True)):
+        patient = next(p for p in patients if (centre[p] in external) == wanted)
+        changed[role] = {
+            "patient": patient,
+            **change_one_image(workdir, configs, cores, patient, patients),
+        }
 
     return {
         "patients_per_center": per_center,
@@ -195,41 +255,41 @@ def run_size(root: Path, per_center: int, cores: int) -> dict:
             "nothing_to_be_done": "Nothing to be done" in noop["output"],
             "dry_run_wall_s": dry["wall_s"],
         },
-        "touch_one_image": {
-            "image": str(image.relative_to(workdir)),
-            "jobs_planned_after_touch_only": len(touched),
-            "jobs_planned_after_content_change": len(planned),
-            "that_patients_jobs": sorted(
-                f"{j['rule']}:{j['wildcards'].get('timepoint', '')}".rstrip(":") for j in own
-            ),
-            "other_patients_jobs": len(other_patients),
-            "aggregate_rules": aggregates,
-            "rerun_wall_s": incremental["wall_s"],
-            "rerun_exit_code": incremental["exit_code"],
-            "other_patients_features_unchanged": before.loc[others].equals(after.loc[others]),
-            "that_patients_features_changed": not before.loc[[patient]].equals(
-                after.loc[[patient]]
-            ),
-        },
+        "change_one_image": changed,
     }
 
 
-def default_dry_run(workdir: Path, cores: int) -> dict:
-    """Dry run (read only) of a finished default-cohort run in `workdir`."""
+def default_noop(workdir: Path, cores: int, repeats: int = 3) -> dict:
+    """No-op reruns and dry runs of a finished default-cohort run in `workdir`."""
     profile = workdir / "workflow/profiles/default"
-    args = ["-n", "--workflow-profile", str(profile)] if profile.is_dir() else ["-n"]
+    args = ["--workflow-profile", str(profile)] if profile.is_dir() else []
     cmd = [str(SNAKEMAKE), "--directory", str(workdir), "--cores", str(cores), *args]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
-    wall = time.perf_counter() - start
-    planned = planned_jobs(proc.stdout + proc.stderr)
+
+    def timed(extra: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+        start = time.perf_counter()
+        proc = subprocess.run(cmd + extra, capture_output=True, text=True, cwd=workdir)
+        return round(time.perf_counter() - start, 2), proc
+
+    dry = [timed(["-n"]) for _ in range(repeats)]
+    noop = [timed([]) for _ in range(repeats)]
+    output = dry[-1][1].stdout + dry[-1][1].stderr
+    planned = Counter(j["rule"] for j in planned_jobs(output))
+    jobs = job_metadata(workdir)
+    full_run_lower_bound = jobs["wall_s"].sum() / cores
     return {
         "workdir": str(workdir),
-        "dry_run_wall_s": round(wall, 2),
-        "exit_code": proc.returncode,
-        "nothing_to_be_done": "Nothing to be done" in proc.stdout + proc.stderr,
-        "planned_jobs_by_rule": dict(sorted(Counter(j["rule"] for j in planned).items())),
-        "output_tail": "" if proc.returncode == 0 else (proc.stdout + proc.stderr)[-1500:],
+        "dry_run_wall_s": [wall for wall, _ in dry],
+        "noop_wall_s": [wall for wall, _ in noop],
+        "exit_codes": sorted({proc.returncode for _, proc in dry + noop}),
+        "nothing_to_be_done": all(
+            "Nothing to be done" in proc.stdout + proc.stderr for _, proc in dry + noop
+        ),
+        "planned_jobs_by_rule": dict(sorted(planned.items())),
+        "jobs": len(jobs),
+        "job_wall_s_sum": round(jobs["wall_s"].sum(), 1),
+        "full_run_wall_s_lower_bound": round(full_run_lower_bound, 1),
+        "noop_share_upper_bound": round(max(w for w, _ in noop) / full_run_lower_bound, 5),
+        "output_tail": "" if dry[-1][1].returncode == 0 else output[-1500:],
     }
 
 
@@ -273,7 +333,7 @@ def main() -> None:
         "scaling": scaling,
     }
     if ns.default_workdir:
-        report["default_cohort"] = default_dry_run(ns.default_workdir, ns.cores)
+        report["default_cohort"] = default_noop(ns.default_workdir, ns.cores)
     ns.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = ns.out.with_name(f".{ns.out.name}.tmp")
     tmp.write_text(json.dumps(report, indent=2) + "\n")
