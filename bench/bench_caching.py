@@ -45,6 +45,7 @@ import SimpleITK as sitk
 import yaml
 
 from deltarad import io
+from deltarad.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -169,14 +170,15 @@ def change_one_image(
     touched = planned_jobs(snakemake(workdir, configs, cores, "-n")["output"])
     before = pd.read_parquet(results / "features/features.parquet").set_index("patient_id")
     # One voxel inside the tumour, so the patient's features must change.
-    voxels = sitk.GetArrayFromImage(io.read_image(image))
+    original = io.read_image(image)
+    voxels = sitk.GetArrayFromImage(original)
     tumour = np.argwhere(
         sitk.GetArrayFromImage(io.read_image(str(image).replace("/images/", "/masks/"))) == 1
     )
     z, y, x = tumour[len(tumour) // 2]
     voxels[z, y, x] += 200
     edited = sitk.GetImageFromArray(voxels)
-    edited.CopyInformation(io.read_image(image))
+    edited.CopyInformation(original)
     io.write_image(edited, image)
     planned = planned_jobs(snakemake(workdir, configs, cores, "-n")["output"])
     incremental = snakemake(workdir, configs, cores)
@@ -225,10 +227,7 @@ def run_size(root: Path, per_center: int, cores: int) -> dict:
     bench = benchmark_files(results)
     samples = pd.read_csv(results / "tables/samples.validated.tsv", sep="\t")
     patients = sorted(samples["patient_id"].unique())
-    external = set()
-    for config in configs:
-        study = (yaml.safe_load(config.read_text()) or {}).get("study", {})
-        external = set(study.get("external_centers", external))
+    external = set(load_config(*configs)["study"]["external_centers"])
     centre = samples.groupby("patient_id")["center"].first()
 
     noop = snakemake(workdir, configs, cores)

@@ -28,7 +28,6 @@ bench/results/determinism_<device>.json.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -45,6 +44,7 @@ import torch
 import yaml
 
 from deltarad import io
+from deltarad.qc import dice
 from deltarad.segment.data import PairCase, load_pair
 from deltarad.segment.plan import preset_for
 
@@ -90,8 +90,8 @@ def cases(records: list[dict]) -> list[PairCase]:
 
 
 def settings_for(args: argparse.Namespace, deterministic: bool) -> dict:
-    config = yaml.safe_load((REPO / "config/config.yaml").read_text())["segmentation"]
-    seg = copy.deepcopy(config)
+    # The YAML itself, not deltarad.config.load_config: the GPU machine has no jsonschema.
+    seg = yaml.safe_load((REPO / "config/config.yaml").read_text())["segmentation"]
     seg["training"].update(
         epochs=args.epochs, iterations_per_epoch=args.iterations, deterministic=deterministic
     )
@@ -129,9 +129,10 @@ def child_predict(args: argparse.Namespace, data: dict, model: Path, out: Path) 
     io.write_json({"outcomes": outcomes}, out / "outcomes.json")
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return float(2 * (a & b).sum() / total) if total else 1.0
+def probabilities(run: Path) -> dict[str, np.ndarray]:
+    """The run's predicted probabilities, decompressed once (an NpzFile re-reads per access)."""
+    with np.load(run / "probs.npz") as npz:
+        return {k: npz[k] for k in npz.files}
 
 
 def max_abs(a, b) -> float:
@@ -147,10 +148,10 @@ def compare(first: Path, other: Path, truth: dict[str, np.ndarray]) -> dict:
     log1 = io.read_tsv(first / "training_log.tsv")
     log2 = io.read_tsv(other / "training_log.tsv")
     loss_cols = [c for c in log1.columns if c not in ("epoch", "lr", "seconds")]
-    p1, p2 = np.load(first / "probs.npz"), np.load(other / "probs.npz")
+    p1, p2 = probabilities(first), probabilities(other)
     o1 = json.loads((first / "outcomes.json").read_text())["outcomes"]
     o2 = json.loads((other / "outcomes.json").read_text())["outcomes"]
-    keys = [k for k in p1.files if "_0_" in k]
+    keys = [k for k in p1 if "_0_" in k]
     flips = {k: int(((p1[k] >= 0.5) != (p2[k] >= 0.5)).sum()) for k in keys}
     return {
         "weights_bit_identical": all(torch.equal(w1[k], w2[k]) for k in w1),
@@ -162,7 +163,10 @@ def compare(first: Path, other: Path, truth: dict[str, np.ndarray]) -> dict:
         "probability_max_abs_diff": max(max_abs(p1[k], p2[k]) for k in keys),
         "mask_voxels_flipped": flips,
         "mask_voxels_flipped_share": sum(flips.values()) / sum(p1[k].size for k in keys),
-        "mask_dice_between_runs_min": min(dice(p1[k] >= 0.5, p2[k] >= 0.5) for k in keys),
+        # NaN where both runs' masks are empty (qc.dice): nothing to disagree on.
+        "mask_dice_between_runs_min": float(
+            np.nanmin([dice(p1[k] >= 0.5, p2[k] >= 0.5) for k in keys])
+        ),
         "dice_vs_truth": {
             k: [round(dice(p[k] >= 0.5, truth[k]), 4) for p in (p1, p2)] for k in keys
         },
@@ -173,8 +177,8 @@ def compare(first: Path, other: Path, truth: dict[str, np.ndarray]) -> dict:
 
 def inference_repeat(run: Path) -> dict:
     """Two predictions with the same weights in one process."""
-    probs = np.load(run / "probs.npz")
-    pairs = [(k, k.replace("_0_", "_1_")) for k in probs.files if "_0_" in k]
+    probs = probabilities(run)
+    pairs = [(k, k.replace("_0_", "_1_")) for k in probs if "_0_" in k]
     outcomes = json.loads((run / "outcomes.json").read_text())["outcomes"]
     first = [r for r in outcomes if r[1] == 0]
     second = [r for r in outcomes if r[1] == 1]
