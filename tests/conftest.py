@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -29,6 +30,16 @@ def tiny_cohort_ro(tmp_path_factory, tiny_synth) -> Path:
     """The tiny cohort; read-only by convention (copy it with `tiny_cohort` to modify)."""
     root = tmp_path_factory.mktemp("tiny_cohort")
     simulate_cohort(tiny_synth, root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def labelled_cohort_ro(tmp_path_factory, tiny_synth) -> Path:
+    """The tiny cohort with a drawn, non-empty mask on every scan (no unlabelled follow-up, no
+    complete response): for tests of stages that take masks as given (e.g. DICOM round trips)."""
+    root = tmp_path_factory.mktemp("labelled_cohort")
+    labelled = dataclasses.replace(tiny_synth, unlabelled_followups=0.0, complete_degree=1.0)
+    simulate_cohort(labelled, root)
     return root
 
 

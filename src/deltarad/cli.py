@@ -114,15 +114,13 @@ def cmd_register(ns: argparse.Namespace) -> int:
         ns.moving_mask,
         settings,
         str(out / "registered.nii.gz"),
-        str(out / "registered_mask.nii.gz"),
+        str(out / "registered_mask.nii.gz") if ns.moving_mask else None,
         str(out / "transform.tfm"),
         str(out / "qc.json"),
         fixed_mask_path=ns.fixed_mask,
         out_figure=str(out / "qc.png"),
         threads=ns.threads,
     )
-    if not ns.moving_mask:
-        (out / "registered_mask.nii.gz").unlink()
     reasons = gate(record, settings)
     status = "FAILED: " + "; ".join(reasons) if reasons else "passed"
     print(

@@ -18,7 +18,7 @@ import jsonschema
 import pandas as pd
 
 from deltarad.config import known_centers, load_schema
-from deltarad.layout import BASELINE, SYNTHETIC_TIMEPOINTS, synthetic_patient_ids
+from deltarad.layout import BASELINE, NNUNET, SYNTHETIC_TIMEPOINTS, synthetic_patient_ids
 from deltarad.runlog import UserError
 
 # The image modules (deltarad.io, deltarad.scanchecks: SimpleITK) are imported inside the
@@ -37,6 +37,9 @@ class Problem:
     line: int | None = None
     patient_id: str | None = None
     column: str | None = None
+    # The scan a samples-sheet problem belongs to.
+    timepoint: str | None = None
+    modality: str | None = None
 
     def __str__(self) -> str:
         where = []
@@ -44,6 +47,10 @@ class Problem:
             where.append(self.sheet + (f" line {self.line}" if self.line else ""))
         if self.patient_id:
             where.append(f"patient {self.patient_id}")
+        if self.timepoint:
+            where.append(f"timepoint {self.timepoint}")
+        if self.modality:
+            where.append(f"modality {self.modality}")
         if self.column:
             where.append(f"column '{self.column}'")
         return (", ".join(where) + ": " if where else "") + self.message
@@ -67,11 +74,18 @@ class ValidationSettings:
     direction: float = 1e-4
     min_mask_voxels: int = 10
     centers: tuple[str, ...] = ()  # empty: any centre accepted
+    # segmentation.masks: `given` needs a mask on every scan; otherwise a scan without one gets
+    # a predicted mask, so some training-centre scan must have a mask unless a pretrained model
+    # predicts them.
+    masks: str = "given_else_predicted"
+    pretrained_masks: bool = False
+    external_centers: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ValidationSettings:
         v = config["validation"]
         tol = v["geometry_tolerance"]
+        seg = config.get("segmentation") or {}
         return cls(
             mask_label=int(v["mask_label"]),
             extra_mask_labels=tuple(int(x) for x in v["extra_mask_labels"]),
@@ -80,7 +94,21 @@ class ValidationSettings:
             direction=float(tol["direction"]),
             min_mask_voxels=int(v["min_mask_voxels"]),
             centers=tuple(known_centers(config)),
+            masks=effective_mask_policy(config),
+            pretrained_masks=NNUNET in seg.get("methods", [])
+            and bool((seg.get("nnunet") or {}).get("pretrained")),
+            external_centers=tuple(config["study"]["external_centers"]),
         )
+
+
+def effective_mask_policy(config: dict[str, Any]) -> str:
+    """segmentation.masks, except that `given_else_predicted` without any segmentation method
+    means `given` (nothing can predict the missing masks)."""
+    seg = config.get("segmentation") or {}
+    masks = str(seg.get("masks", "given"))
+    if masks == "given_else_predicted" and not seg.get("methods"):
+        return "given"
+    return masks
 
 
 @dataclass(frozen=True)
@@ -164,11 +192,20 @@ def _expectation(err: jsonschema.ValidationError) -> str:
 def _check_files(scan: Scan, s: ValidationSettings, sheet: str, line: int) -> list[Problem]:
     from deltarad.scanchecks import scan_findings
 
-    where = {"sheet": sheet, "line": line, "patient_id": scan.patient_id}
-    return [
-        Problem(message, column=column, **where)
-        for column, message in scan_findings(scan.image, scan.mask, s)
-    ]
+    where = _scan_where(scan, sheet, line)
+    findings = scan_findings(scan.image, scan.mask, s, baseline=scan.timepoint == BASELINE)
+    return [Problem(message, column=column, **where) for column, message in findings]
+
+
+def _scan_where(scan: Scan, sheet: str, line: int) -> dict[str, Any]:
+    """The location fields of a problem with one scan row."""
+    return {
+        "sheet": sheet,
+        "line": line,
+        "patient_id": scan.patient_id,
+        "timepoint": scan.timepoint,
+        "modality": scan.modality,
+    }
 
 
 def validate_samples(
@@ -210,13 +247,12 @@ def validate_samples(
     seen: dict[tuple[str, str, str], int] = {}
     centers: dict[str, str] = {}
     for line, scan in scans:
-        where = {"sheet": sheet, "line": line, "patient_id": scan.patient_id}
+        where = _scan_where(scan, sheet, line)
         key = (scan.patient_id, scan.timepoint, scan.modality)
         if key in seen:
             problems.append(
                 Problem(
-                    f"duplicate scan: timepoint {scan.timepoint}, modality {scan.modality} already "
-                    f"on line {seen[key]}",
+                    f"duplicate scan: this timepoint and modality are already on line {seen[key]}",
                     column="timepoint",
                     **where,
                 )
@@ -278,7 +314,40 @@ def validate_samples(
                 column="timepoint",
             )
         )
+    problems += _mask_policy_problems(scans, settings, sheet)
     return [s for _, s in scans], problems
+
+
+def _mask_policy_problems(
+    scans: list[tuple[int, Scan]], settings: ValidationSettings, sheet: str
+) -> list[Problem]:
+    """Scans without a mask are fine where the segmentation stage can provide one."""
+    unmasked = [(line, s) for line, s in scans if s.mask is None]
+    if not unmasked:
+        return []
+    if settings.masks == "given":
+        return [
+            Problem(
+                "no mask, and segmentation.masks is 'given' (features need a drawn mask on every "
+                "scan); draw one, or set segmentation.masks: given_else_predicted to segment it",
+                column="mask",
+                **_scan_where(s, sheet, line),
+            )
+            for line, s in unmasked
+        ]
+    training = [s for _, s in scans if s.center not in settings.external_centers]
+    if settings.pretrained_masks or any(s.mask is not None for s in training):
+        return []
+    return [
+        Problem(
+            "no scan of the training centres has a mask and no pretrained model is configured "
+            "(segmentation.nnunet.pretrained): there is nothing to train a segmentation network "
+            "on and nothing to predict masks with; add masks to some training scans or give a "
+            "pretrained model",
+            sheet=sheet,
+            column="mask",
+        )
+    ]
 
 
 def validate_clinical(

@@ -28,6 +28,8 @@ BASELINE = "baseline"
 SYNTHETIC_TIMEPOINTS = (BASELINE, "followup")
 # The DeltaRad folder (where config/ lives): relative parameter files are also looked up here.
 REPO = Path(__file__).resolve().parents[2]
+# The segmentation method name of the nnU-Net v2 backend.
+NNUNET = "nnunet"
 # nnU-Net's plans identifier, part of its model folder name.
 NNUNET_PLANS = "nnUNetPlans"
 

@@ -167,6 +167,8 @@ class Anatomy:
     z_peri: float
     response_degree: float  # 0 (progression-like) .. 1 (complete-response-like), seen on imaging
     shrinkage: float
+    # The tumour has vanished at follow-up: its bed (the shrunk outline) holds scar-like tissue.
+    complete: bool
     tissue_field: RandomField
     shape_field: RandomField
     texture_field: RandomField
@@ -209,6 +211,12 @@ class Anatomy:
 
         level = self.tumor_level(pts, scale)
         mask = level < 1.0
+        if followup and self.complete:
+            # Complete response: no tumour left; its bed looks like the surrounding soft tissue
+            # (fibrosis), the peritumoral changes around the bed remain.
+            bed = mask & soft
+            img[bed] = t["soft"] + 14.0 * gain * self.tissue_field(pts[bed])
+            mask = np.zeros_like(mask)
         # Peritumoral infiltration: decays with the distance to the surface, strand-like.
         dist = (level - 1.0) * self.tumor_radius * scale
         ring = (dist > 0) & (dist < RING_REACH_MM) & (outer <= 1)
@@ -325,6 +333,7 @@ def draw_patient(cfg: SynthConfig, rng: np.random.Generator) -> tuple[Anatomy, d
         z_peri=float(z_p),
         response_degree=degree,
         shrinkage=shrinkage,
+        complete=bool(degree >= cfg.complete_degree),
         tissue_field=RandomField.make(rng, lo_b, hi_b, 2.0, 4.0),
         shape_field=RandomField.make(rng, lo_t, hi_t, 1.0, 4.0),
         texture_field=RandomField.make(rng, lo_t, hi_t, 0.5, grain),
@@ -351,6 +360,7 @@ def draw_patient(cfg: SynthConfig, rng: np.random.Generator) -> tuple[Anatomy, d
         "response_depth": float(depth),
         "radiological_response": float(radiological),
         "shrinkage": shrinkage,
+        "complete_response": int(degree >= cfg.complete_degree),
         "event_time": float(event_time),
         "censor_time": float(censor_time),
     }

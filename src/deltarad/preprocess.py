@@ -211,6 +211,39 @@ def preprocess_scan(
     return record
 
 
+def preprocess_mask(mask_path: str | Path, reference_path: str | Path, mask_out: str | Path) -> int:
+    """A drawn mask on its preprocessed image's grid (resampled and cropped as that image), by
+    per-label linear interpolation and a 0.5 threshold; returns the tumour voxel count.
+
+    A job of its own, so scans without a drawn mask need none: the segmentation stage
+    predicts theirs."""
+    reference = io.read_image(reference_path)
+    mask = resample_label(io.read_image(mask_path), reference, sitk.Transform())
+    io.write_image(mask, mask_out)
+    return int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
+
+
+def apply_normalization(image: sitk.Image, record: dict[str, Any]) -> sitk.Image | None:
+    """Repeat a scan's recorded normalisation (the ``normalization`` entry of its preprocessing
+    record) on another resampling of the same original, or None where it cannot be repeated
+    exactly (N4 bias correction depends on the grid it ran on).
+
+    Registration uses it to resample a later scan once, from the original straight onto the
+    baseline grid, instead of resampling the already-resampled scan a second time: a second
+    interpolation smooths the follow-up more than the baseline, and texture deltas would then
+    partly measure smoothing."""
+    if record.get("n4"):
+        return None
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    if "ct_window" in record:
+        lo, hi = record["ct_window"]
+        image = sitk.Clamp(image, sitk.sitkFloat32, lo, hi)
+    if "zscore" in record:
+        z = record["zscore"]
+        image = (image - z["mean"]) / z["sd"]
+    return image
+
+
 def fingerprint(samples: pd.DataFrame) -> dict[str, Any]:
     """Dataset fingerprint (cf. nnU-Net's): spacings, sizes, per-centre intensity in the masks."""
     scans, per_center = [], {}

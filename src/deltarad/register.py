@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -361,6 +362,41 @@ def resample_moving(
     )
 
 
+def resample_once(
+    moving: sitk.Image,
+    reference: sitk.Image,
+    transform: sitk.Transform,
+    original: tuple[str, dict[str, Any]] | None,
+) -> sitk.Image:
+    """The registered later scan: from its original image when that is given and its
+    normalisation repeatable (one interpolation, as the baseline had), else from the
+    preprocessed `moving` (a second interpolation)."""
+    from deltarad import io
+    from deltarad.preprocess import apply_normalization
+
+    if original is not None:
+        path, record = original
+        warped = resample_moving(io.read_image(path), reference, transform)
+        normalised = apply_normalization(warped, record.get("normalization", {}))
+        if normalised is not None:
+            return normalised
+    return resample_moving(moving, reference, transform)
+
+
+def propagate_mask_file(
+    mask_path: str | Path, fixed_path: str | Path, transform_path: str | Path, out: str | Path
+) -> int:
+    """A later scan's drawn mask through its registration onto the baseline grid; returns the
+    tumour voxel count (0 for a complete response)."""
+    from deltarad import io
+
+    fixed = io.read_image(fixed_path)
+    transform = sitk.ReadTransform(str(transform_path))
+    mask = propagate_mask(io.read_image(mask_path), fixed, transform)
+    io.write_image(mask, out)
+    return int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
+
+
 def invert_to_moving_space(
     transform: sitk.Transform, fixed: sitk.Image, moving: sitk.Image
 ) -> sitk.Transform:
@@ -390,19 +426,25 @@ def register_scan(
     moving_mask_path: str | None,
     settings: RegistrationSettings,
     out_image: str,
-    out_mask: str,
+    out_mask: str | None,
     out_transform: str,
     out_qc: str,
     fixed_mask_path: str | None = None,
     truth: dict[str, str] | None = None,
     out_figure: str | None = None,
     threads: int = 1,
+    original: tuple[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The workflow's registration job: register, resample, measure, gate, write.
 
-    `truth` (synthetic cohort) holds ``cohort`` (its root) and ``mask`` (the true follow-up
-    tumour on the raw baseline grid). The QC record holds measurements only: the gate
-    (:func:`gate`) is applied when the records are gathered, so it can be re-tuned cheaply.
+    `moving_mask_path`: the later scan's drawn mask (any grid), or None: it is only propagated
+    (to `out_mask`, when given) and scored, never needed. `original`: (the later scan's original
+    image, its preprocessing record): the registered image is then resampled once, from the
+    original through the transform, and normalised as the preprocessed scan was
+    (:func:`deltarad.preprocess.apply_normalization`). `truth` (synthetic cohort) holds
+    ``cohort`` (its root) and ``mask`` (the true follow-up tumour on the raw baseline grid).
+    The QC record holds measurements only: the gate (:func:`gate`) is applied when the records
+    are gathered, so it can be re-tuned cheaply.
     """
     from deltarad import io
 
@@ -417,21 +459,17 @@ def register_scan(
     region = body_mask(fixed, modality)
     qc = deformation_qc(result.transform, fixed, region)
     tumor = io.read_image(fixed_mask_path) if fixed_mask_path else None
-    registered = resample_moving(moving, fixed, result.transform)
+    registered = resample_once(moving, fixed, result.transform, original)
     io.write_image(registered, out_image)
     if out_figure:
         from deltarad.figures.registration import registration_figure
 
         before = resample_moving(moving, fixed, sitk.Transform(3, sitk.sitkIdentity))
         registration_figure(fixed, before, registered, tumor, where, out_figure)
-    if moving_mask_path:
+    if moving_mask_path and out_mask:
         io.write_image(
             propagate_mask(io.read_image(moving_mask_path), fixed, result.transform), out_mask
         )
-    else:
-        empty = sitk.Image(fixed.GetSize(), sitk.sitkUInt8)
-        empty.CopyInformation(fixed)
-        io.write_image(empty, out_mask)
     with io.atomic_path(out_transform) as tmp:
         sitk.WriteTransform(result.transform, str(tmp))
     record: dict[str, Any] = {

@@ -59,9 +59,12 @@ def _border_faces(tumour: np.ndarray) -> list[str]:
 
 
 def mask_findings(
-    mask: Path, image: Path, image_geo: io.Geometry, s: ValidationSettings
+    mask: Path, image: Path, image_geo: io.Geometry, s: ValidationSettings, baseline: bool = True
 ) -> list[str]:
-    """Messages about a mask: readable, a label image on the image's grid, a whole tumour."""
+    """Messages about a mask: readable, a label image on the image's grid, a whole tumour.
+
+    An empty mask is an error at the baseline (there must be a tumour to follow) and valid at a
+    later timepoint: the tumour vanished (complete response)."""
     problem = _file_type(mask)
     if problem:
         return [f"mask {problem}"]
@@ -92,7 +95,12 @@ def mask_findings(
     tumour = arr == s.mask_label
     count = int(np.count_nonzero(tumour))
     if count == 0:
-        out.append(f"mask has no voxel with the tumour label {s.mask_label} ({display_path(mask)})")
+        if baseline:  # at a later timepoint an empty mask is a complete response: valid
+            out.append(
+                f"baseline mask has no voxel with the tumour label {s.mask_label}: the baseline "
+                "must show the tumour (an empty mask is valid only at a later timepoint, where it "
+                f"means complete response) ({display_path(mask)})"
+            )
     elif count < s.min_mask_voxels:
         out.append(
             f"mask has only {count} tumour voxel(s), fewer than validation.min_mask_voxels = "
@@ -137,10 +145,12 @@ def image_findings(image: Path) -> tuple[io.Geometry | None, list[str]]:
     return geo, []
 
 
-def scan_findings(image: Path, mask: Path | None, s: ValidationSettings) -> list[Finding]:
+def scan_findings(
+    image: Path, mask: Path | None, s: ValidationSettings, baseline: bool = True
+) -> list[Finding]:
     """Every finding about one scan's files, as (column, message)."""
     geo, problems = image_findings(image)
     findings = [("image", p) for p in problems]
     if geo is not None and mask is not None:
-        findings += [("mask", p) for p in mask_findings(mask, image, geo, s)]
+        findings += [("mask", p) for p in mask_findings(mask, image, geo, s, baseline)]
     return findings

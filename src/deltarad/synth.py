@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,7 @@ LATENT_COLUMNS = [
     "response_depth",
     "radiological_response",
     "shrinkage",
+    "complete_response",
     "event_time",
     "censor_time",
     "tumor_volume_baseline_mm3",
@@ -111,6 +113,8 @@ class SynthConfig:
     response_noise: float = 1.5
     shrinkage: tuple[float, float] = (0.45, 1.05)
     response_slope: float = 0.6
+    complete_degree: float = 1.0
+    unlabelled_followups: float = 0.0
     centers: tuple[CenterSpec, ...] = field(default_factory=lambda: (CenterSpec("C1"),))
 
     @classmethod
@@ -146,6 +150,10 @@ class SynthConfig:
             response_noise=float(response.get("imaging_noise", default.response_noise)),
             shrinkage=tuple(float(s) for s in response.get("shrinkage", default.shrinkage)),
             response_slope=float(response.get("slope", default.response_slope)),
+            complete_degree=float(response.get("complete_degree", default.complete_degree)),
+            unlabelled_followups=float(
+                block.get("unlabelled_followups", default.unlabelled_followups)
+            ),
             centers=centers,
         )
 
@@ -161,12 +169,28 @@ class SynthConfig:
             for i in range(self.patients_per_center)
         ]
 
+    def unlabelled_patients(self) -> set[str]:
+        """Patients whose follow-up mask is left out of samples.tsv: each patient independently
+        with probability `unlabelled_followups`, decided by a hash of seed and ID, so a patient's
+        files do not depend on the size of the cohort."""
+        return {
+            p.patient_id
+            for p in self.patients()
+            if _unit_hash(self.seed, p.patient_id) < self.unlabelled_followups
+        }
+
     def grid(self, center: CenterSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(shape, spacing, origin) in x, y, z of a centre's scans; same field of view for all."""
         spacing = np.asarray(center.spacing or self.spacing, float)
         shape = np.maximum(np.rint(self.fov_mm / spacing).astype(int), 4)
         origin = -(shape - 1) * spacing / 2.0
         return shape, spacing, origin
+
+
+def _unit_hash(seed: int, patient_id: str) -> float:
+    """A number in [0, 1) fixed by seed and patient ID (an independent draw per patient)."""
+    digest = hashlib.sha256(f"{seed}:{patient_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 # --- the true transform (file layout of a generated cohort: deltarad.layout) ---------------
@@ -235,6 +259,10 @@ def _scanner(
 def simulate_patient(cfg: SynthConfig, patient: Patient, root: str | Path) -> dict[str, Any]:
     """Generate one patient's scans, masks and truth under `root`; return its sheet rows.
 
+    A patient of :meth:`SynthConfig.unlabelled_patients` has no follow-up mask in its sheet row
+    (as if never drawn; the file under masks/ and truth/ is still written). A complete
+    responder's follow-up mask is empty.
+
     The patient's random stream depends only on (seed, centre index, patient index), so patients
     can be generated in parallel and adding patients does not change existing ones.
     """
@@ -254,7 +282,7 @@ def simulate_patient(cfg: SynthConfig, patient: Patient, root: str | Path) -> di
     for tp, rng_noise in (("baseline", rng_noise_b), ("followup", rng_noise_f)):
         anat_pts = pts if tp == "baseline" else motion.inverse(pts)
         img, mask = anatomy.evaluate(anat_pts, tp)
-        if not mask.any():
+        if not mask.any() and not (tp == "followup" and anatomy.complete):
             raise RuntimeError(f"{pid} {tp}: synthetic tumour is empty; raise tumor_radius_mm")
         image = _to_image(
             _scanner(cfg, patient.center, img, shape, spacing, rng_noise), shape, spacing, origin
@@ -289,6 +317,7 @@ def simulate_patient(cfg: SynthConfig, patient: Patient, root: str | Path) -> di
     )
 
     modality = cfg.contrast
+    unlabelled = pid in cfg.unlabelled_patients()
     samples = [
         {
             "patient_id": pid,
@@ -297,7 +326,7 @@ def simulate_patient(cfg: SynthConfig, patient: Patient, root: str | Path) -> di
             "days": 0 if tp == "baseline" else days,
             "modality": modality,
             "image": image_relpath(pid, tp),
-            "mask": mask_relpath(pid, tp),
+            "mask": None if unlabelled and tp != "baseline" else mask_relpath(pid, tp),
         }
         for tp in TIMEPOINTS
     ]

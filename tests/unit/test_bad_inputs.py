@@ -72,7 +72,8 @@ def test_wrong_file_type(cohort):
     samples.loc[0, "image"] = "images/C1-001/baseline.txt"
     io.write_table(samples, cohort / "samples.tsv")
     assert _problems(cohort) == [
-        "samples.tsv line 2, patient C1-001, column 'image': image has an unsupported file "
+        "samples.tsv line 2, patient C1-001, timepoint baseline, modality CT, "
+        "column 'image': image has an unsupported file "
         f"type; expected one of {SUFFIXES} (images/C1-001/baseline.txt)"
     ]
 
@@ -83,7 +84,8 @@ def test_dicom_folder_instead_of_image(cohort):
     samples.loc[2, "image"] = "dicom/C1-002/baseline"
     io.write_table(samples, cohort / "samples.tsv")
     assert _problems(cohort) == [
-        "samples.tsv line 4, patient C1-002, column 'image': image is a folder, not an image "
+        "samples.tsv line 4, patient C1-002, timepoint baseline, modality CT, "
+        "column 'image': image is a folder, not an image "
         "file; convert a DICOM series with `deltarad ingest-dicom` first (dicom/C1-002/baseline)"
     ]
 
@@ -93,7 +95,8 @@ def test_missing_mask_file(cohort):
     samples.loc[1, "mask"] = "masks/C1-001/followup_GTV.nii.gz"
     io.write_table(samples, cohort / "samples.tsv")
     assert _problems(cohort) == [
-        "samples.tsv line 3, patient C1-001, column 'mask': file not found: "
+        "samples.tsv line 3, patient C1-001, timepoint followup, modality CT, "
+        "column 'mask': file not found: "
         f"{cohort / 'masks/C1-001/followup_GTV.nii.gz'}"
     ]
 
@@ -102,7 +105,8 @@ def test_constant_image(cohort):
     rel = "images/C1-002/followup.nii.gz"
     _replace(cohort, rel, np.full_like(_array(cohort, rel), 100))
     assert _problems(cohort) == [
-        "samples.tsv line 5, patient C1-002, column 'image': image is constant (every voxel is "
+        "samples.tsv line 5, patient C1-002, timepoint followup, modality CT, "
+        "column 'image': image is constant (every voxel is "
         f"100): nothing to measure or register ({rel})"
     ]
 
@@ -121,7 +125,8 @@ def test_infinite_voxels_in_mha(cohort):
     samples.loc[6, "image"] = mha
     io.write_table(samples, cohort / "samples.tsv")
     assert _problems(cohort) == [
-        "samples.tsv line 8, patient C2-001, column 'image': image has 2 NaN or infinite "
+        "samples.tsv line 8, patient C2-001, timepoint baseline, modality CT, "
+        "column 'image': image has 2 NaN or infinite "
         f"voxel(s) ({mha})"
     ]
 
@@ -131,22 +136,23 @@ def test_colour_image(cohort):
     grey = _array(cohort, rel)
     _replace(cohort, rel, np.stack([grey, grey, grey], axis=-1).astype(np.uint8), vector=True)
     assert _problems(cohort) == [
-        "samples.tsv line 6, patient C1-003, column 'image': image has 3 components per voxel, "
+        "samples.tsv line 6, patient C1-003, timepoint baseline, modality CT, "
+        "column 'image': image has 3 components per voxel, "
         f"expected a scalar image ({rel})"
     ]
 
 
 def test_mask_touching_the_border(cohort):
-    rel = "masks/C2-002/followup.nii.gz"
+    rel = "masks/C1-002/followup.nii.gz"
     arr = _array(cohort, rel)
     arr[0, 10:13, 10:13] = 1  # the first slice (z = 0)
-    arr[5:8, 5:8, -1] = 1  # the last column (x = 37: centre C2 has 38 columns of 2.5 mm)
+    arr[5:8, 5:8, -1] = 1  # the last column (x = 31: centre C1 has 32 columns of 3 mm)
     _replace(cohort, rel, arr)
     assert _problems(cohort) == [
-        "samples.tsv line 11, patient C2-002, column 'mask': tumour (label 1) touches the image "
-        "border at x = 37, z = 0: it is cut off by the field of view, so its shape, texture "
-        "and ring features would be wrong; use a scan covering the whole tumour or remove this "
-        f"row ({rel})"
+        "samples.tsv line 5, patient C1-002, timepoint followup, modality CT, "
+        "column 'mask': tumour (label 1) touches the image border at x = 31, z = 0: it is cut "
+        "off by the field of view, so its shape, texture and ring features would be wrong; use a "
+        f"scan covering the whole tumour or remove this row ({rel})"
     ]
 
 
@@ -155,7 +161,8 @@ def test_vector_mask(cohort):
     labels = _array(cohort, rel)
     _replace(cohort, rel, np.stack([labels, labels], axis=-1), vector=True)
     assert _problems(cohort) == [
-        "samples.tsv line 2, patient C1-001, column 'mask': mask has 2 components per voxel, "
+        "samples.tsv line 2, patient C1-001, timepoint baseline, modality CT, "
+        "column 'mask': mask has 2 components per voxel, "
         f"expected a label image ({rel})"
     ]
 
@@ -178,7 +185,8 @@ def test_followup_on_the_baseline_day(cohort):
     samples.loc[3, "days"] = "0"
     io.write_table(samples, cohort / "samples.tsv")
     assert _problems(cohort) == [
-        "samples.tsv line 5, patient C1-002, column 'days': follow-up scan must have days > 0 "
+        "samples.tsv line 5, patient C1-002, timepoint followup, modality CT, "
+        "column 'days': follow-up scan must have days > 0 "
         "(after the baseline), found 0"
     ]
 

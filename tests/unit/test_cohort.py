@@ -129,16 +129,54 @@ def test_mask_contents(tiny_cohort):
     _replace_image(tiny_cohort, rels[0], np.zeros_like(arr), ref)  # empty
     labelled = arr.copy()
     labelled[0, 0, 0] = 7
-    _replace_image(tiny_cohort, rels[1], labelled, io.read_image(tiny_cohort / rels[1]))
+    _replace_image(tiny_cohort, rels[3], labelled, io.read_image(tiny_cohort / rels[3]))
     tiny = np.zeros_like(arr)
     tiny[5, 5, 5:8] = 1
     _replace_image(tiny_cohort, rels[2], tiny, io.read_image(tiny_cohort / rels[2]))
     problems = _problems(tiny_cohort)
-    _one(problems, "line 2", "patient C1-001", "column 'mask'", "no voxel with the tumour label 1")
-    _one(problems, "line 3", "patient C1-001", "column 'mask'", "unexpected label(s) [7]")
+    empty = _one(problems, "line 2", "patient C1-001", "timepoint baseline", "column 'mask'")
+    assert "baseline mask has no voxel with the tumour label 1: the baseline must show" in empty
+    _one(problems, "line 5", "patient C1-002", "column 'mask'", "unexpected label(s) [7]")
     _one(problems, "line 4", "patient C1-002", "column 'mask'", "only 3 tumour voxel(s)")
     ok = ValidationSettings(centers=("C1", "C2"), extra_mask_labels=(7,), min_mask_voxels=3)
     assert len(_problems(tiny_cohort, ok)) == 1  # only the empty mask remains
+
+
+def test_empty_followup_mask_is_a_complete_response(tiny_cohort):
+    """An empty mask at a later timepoint is valid: the tumour vanished. C2-003's follow-up in
+    the tiny cohort is one; another is made here from C1-002's."""
+    samples, _ = _sheets(tiny_cohort)
+    assert not sitk.GetArrayFromImage(io.read_image(tiny_cohort / samples.loc[11, "mask"])).any()
+    ref = io.read_image(tiny_cohort / samples.loc[3, "mask"])
+    _replace_image(
+        tiny_cohort, samples.loc[3, "mask"], np.zeros_like(sitk.GetArrayFromImage(ref)), ref
+    )
+    table, _ = validate_cohort(tiny_cohort / "samples.tsv", tiny_cohort / "clinical.tsv", SETTINGS)
+    assert len(table) == 12
+
+
+def test_missing_masks_need_a_way_to_predict_them(tiny_cohort):
+    """`given` needs a drawn mask on every scan; otherwise some training scan needs one (or a
+    pretrained model), else nothing could segment the scans without."""
+    samples, _ = _sheets(tiny_cohort)
+    strict = ValidationSettings(centers=("C1", "C2"), masks="given")
+    problems = _problems(tiny_cohort, strict)
+    assert [p.split(":")[0] for p in problems] == [
+        f"samples.tsv line {n}, patient {pid}, timepoint followup, modality CT, column 'mask'"
+        for n, pid in ((3, "C1-001"), (9, "C2-001"), (11, "C2-002"))
+    ]
+    assert all("no mask, and segmentation.masks is 'given'" in p for p in problems)
+    samples["mask"] = pd.NA
+    _write(tiny_cohort, samples)
+    problems = _problems(tiny_cohort)
+    assert problems == [
+        "samples.tsv, column 'mask': no scan of the training centres has a mask and no "
+        "pretrained model is configured (segmentation.nnunet.pretrained): there is nothing to "
+        "train a segmentation network on and nothing to predict masks with; add masks to some "
+        "training scans or give a pretrained model"
+    ]
+    pretrained = ValidationSettings(centers=("C1", "C2"), pretrained_masks=True)
+    validate_cohort(tiny_cohort / "samples.tsv", tiny_cohort / "clinical.tsv", pretrained)
 
 
 def test_image_problems(tiny_cohort):

@@ -57,13 +57,22 @@ def test_sheets_list_every_file_with_centre_geometry(tiny_synth, tiny_cohort_ro)
         center = next(c for c in tiny_synth.centers if c.name == row.center)
         _, spacing, _ = tiny_synth.grid(center)
         assert image.GetSpacing() == pytest.approx(tuple(spacing))
-        geo_mask, _, _ = io.read_header(tiny_cohort_ro / row.mask)
+        # Unlabelled follow-ups have no mask in the sheet; the drawn mask file still exists.
+        mask = row.mask if isinstance(row.mask, str) else f"masks/{row.patient_id}/followup.nii.gz"
+        assert isinstance(row.mask, str) == (
+            row.patient_id not in UNLABELLED or row.timepoint == "baseline"
+        )
+        geo_mask, _, _ = io.read_header(tiny_cohort_ro / mask)
         assert io.Geometry.of(image).mismatches(geo_mask) == []
         assert (int(row.days) == 0) == (row.timepoint == "baseline")
     clinical = io.read_tsv(tiny_cohort_ro / "clinical.tsv")
     assert set(clinical.columns) >= {"patient_id", "response", "time", "event", "age", "stage"}
     assert (clinical["time"].astype(float) > 0).all()
     assert set(clinical["event"]) <= {"0", "1"}
+
+
+UNLABELLED = {"C1-001", "C2-001", "C2-002"}
+COMPLETE = {"C1-001", "C2-002", "C2-003"}
 
 
 def _within_one_voxel(a: np.ndarray, b: np.ndarray) -> bool:
@@ -80,6 +89,8 @@ def _within_one_voxel(a: np.ndarray, b: np.ndarray) -> bool:
 def test_true_transform_maps_followup_truth_onto_baseline_space(tiny_synth, tiny_cohort_ro):
     for patient in tiny_synth.patients():
         pid = patient.patient_id
+        if pid in COMPLETE:
+            continue  # no tumour left at follow-up (test_complete_responders)
         truth = tiny_cohort_ro / "truth/masks" / pid
         moving = io.read_image(truth / "followup.nii.gz")
         reference = io.read_image(truth / "followup_in_baseline.nii.gz")
@@ -102,6 +113,8 @@ def test_identity_would_not_pass_the_truth_check(tiny_synth, tiny_cohort_ro):
     """The misregistration is real: without the true transform the masks disagree."""
     far = 0
     for patient in tiny_synth.patients():
+        if patient.patient_id in COMPLETE:
+            continue
         truth = tiny_cohort_ro / "truth/masks" / patient.patient_id
         moving = io.read_image(truth / "followup.nii.gz")
         reference = io.read_image(truth / "followup_in_baseline.nii.gz")
@@ -109,7 +122,29 @@ def test_identity_would_not_pass_the_truth_check(tiny_synth, tiny_cohort_ro):
         a = sitk.GetArrayFromImage(same_grid).astype(bool)
         b = sitk.GetArrayFromImage(reference).astype(bool)
         far += not _within_one_voxel(a, b)
-    assert far >= 4
+    assert far >= 2
+
+
+def test_unlabelled_followups_and_complete_responders(tiny_synth, tiny_cohort_ro):
+    """config/test.yaml: follow-up masks left out of the sheet for C1-001, C2-001 and C2-002;
+    complete response (empty follow-up, truth included) for C1-001, C2-002 and C2-003."""
+    assert tiny_synth.unlabelled_patients() == UNLABELLED
+    latent = io.read_tsv(tiny_cohort_ro / "truth/latent.tsv").set_index("patient_id")
+    assert set(latent.index[latent["complete_response"] == "1"]) == COMPLETE
+    clinical = io.read_tsv(tiny_cohort_ro / "clinical.tsv").set_index("patient_id")
+    for pid in latent.index:
+        follow = sitk.GetArrayFromImage(
+            io.read_image(tiny_cohort_ro / f"masks/{pid}/followup.nii.gz")
+        )
+        truth = tiny_cohort_ro / f"truth/masks/{pid}/followup_in_baseline.nii.gz"
+        assert follow.any() == (pid not in COMPLETE), pid
+        assert sitk.GetArrayFromImage(io.read_image(truth)).any() == (pid not in COMPLETE)
+        if pid in COMPLETE:
+            assert clinical.loc[pid, "response"] == "1"
+            assert float(latent.loc[pid, "tumor_volume_followup_mm3"]) == 0.0
+    # A patient's choice does not depend on the size of the cohort.
+    smaller = dataclasses.replace(tiny_synth, patients_per_center=1)
+    assert smaller.unlabelled_patients() == UNLABELLED & {"C1-001", "C2-001"}
 
 
 def test_itk_transform_equals_generating_map(tiny_synth):

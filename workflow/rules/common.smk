@@ -11,6 +11,7 @@ from dataclasses import asdict
 
 from deltarad.cohort import (
     ValidationSettings,
+    effective_mask_policy,
     planned_scans,
     read_validated_samples,
     timepoints_by_patient,
@@ -89,6 +90,23 @@ def validated_scan(wildcards):
     return scan
 
 
+def given_mask(patient, timepoint):
+    """The sheet's mask of a scan, or None where none was drawn."""
+    rows = validated_scan_rows(checkpoints.validate_cohort.get().output.samples)
+    mask = rows[(patient, timepoint)]["mask"]
+    return mask if isinstance(mask, str) else None
+
+
+def mask_source(patient, timepoint):
+    """Where the features' mask of a scan comes from: `given`, or the method that predicts it
+    (segmentation.masks)."""
+    if FEATURE_MASK_METHOD is None:
+        return "given"
+    if MASK_POLICY == "given_else_predicted" and given_mask(patient, timepoint):
+        return "given"
+    return FEATURE_MASK_METHOD
+
+
 def validated_scan_files(wildcards):
     """Every image and mask of the validated sheet (known once validation has run)."""
     table = validated_table()
@@ -102,27 +120,26 @@ def feature_timepoints(wildcards):
 
 
 def feature_scans(wildcards):
-    """Image and mask per timepoint for features, all on the preprocessed baseline grid:
-    the preprocessed baseline, later scans as registered onto it."""
+    """Image and mask per timepoint for features, all on the preprocessed baseline grid: the
+    preprocessed baseline and later scans as registered onto it; each scan's mask given or
+    predicted (:func:`mask_source`)."""
     files = {}
     for tp in feature_timepoints(wildcards):
-        if tp == BASELINE:
-            folder = RESULTS / "preprocessed" / wildcards.patient
-            files[f"{tp}_image"] = folder / f"{tp}.nii.gz"
-            files[f"{tp}_mask"] = folder / f"{tp}_mask.nii.gz"
-        else:
-            folder = RESULTS / "registered" / wildcards.patient
-            files[f"{tp}_image"] = folder / f"{tp}.nii.gz"
-            files[f"{tp}_mask"] = folder / f"{tp}_mask.nii.gz"
-        if FEATURE_MASK_METHOD:
-            files[f"{tp}_mask"] = (
-                RESULTS
-                / "segmentation"
-                / FEATURE_MASK_METHOD
-                / wildcards.patient
-                / f"{tp}.nii.gz"
+        image, mask = scan_paths(RESULTS, wildcards.patient, tp)
+        source = mask_source(wildcards.patient, tp)
+        if source != "given":
+            mask = (
+                RESULTS / "segmentation" / source / wildcards.patient / f"{tp}.nii.gz"
             )
+        files[f"{tp}_image"], files[f"{tp}_mask"] = image, mask
     return files
+
+
+def feature_mask_sources(wildcards):
+    """Timepoint -> `given` or the predicting method, for the feature table's provenance."""
+    return {
+        tp: mask_source(wildcards.patient, tp) for tp in feature_timepoints(wildcards)
+    }
 
 
 def deep_model_inputs(wildcards):
@@ -136,11 +153,13 @@ def deep_model_inputs(wildcards):
     return {"plan": folder / "plan.json", "checkpoint": folder / "checkpoint_final.pt"}
 
 
-# masks: predicted -> features use this segmentation method's masks instead of the given ones.
+# masks: predicted / given_else_predicted -> features use this segmentation method's masks
+# (for every scan, or where the sheet has none); with no segmentation method, only drawn masks.
+MASK_POLICY = effective_mask_policy(config)
 FEATURE_MASK_METHOD = (
     config["segmentation"]["feature_method"]
     or next(iter(config["segmentation"]["methods"]), "(none)")
-    if config["segmentation"]["masks"] == "predicted"
+    if MASK_POLICY != "given"
     else None
 )
 
@@ -160,30 +179,41 @@ def scan_modality(wildcards):
 
 
 def preprocess_inputs(wildcards):
-    """The validated image and mask of a scan, plus the fingerprint when spacing is auto."""
-    scan = validated_scan(wildcards)
-    if "mask" not in scan:
-        raise WorkflowError(
-            f"patient {wildcards.patient}, {wildcards.timepoint}: no mask in the samples "
-            "sheet; masks are required until predicted masks are available"
-        )
+    """The validated image of a scan, plus the fingerprint when spacing is auto."""
+    scan = {"image": validated_row(wildcards)["image"]}
     if config["preprocess"]["spacing"] == "auto":
         scan["fingerprint"] = RESULTS / "preprocess/fingerprint.json"
     return scan
 
 
+def drawn_mask(wildcards):
+    """The sheet's mask of a scan; asked for only where one was drawn."""
+    mask = given_mask(wildcards.patient, wildcards.timepoint)
+    if mask is None:
+        raise WorkflowError(
+            f"patient {wildcards.patient}, {wildcards.timepoint}: no mask in the samples sheet, "
+            "but a job asked for the drawn mask (a bug: please report it)"
+        )
+    return mask
+
+
 def registration_inputs(wildcards):
-    """The later scan's own (validated) mask, and on the synthetic cohort the truth to score."""
-    files = {"moving_mask": validated_scan(wildcards)["mask"]}
+    """The later scan as validated and preprocessed (resampled once, straight from the original
+    onto the baseline grid), the drawn masks where they exist (QC only), and on the synthetic
+    cohort the truth to score."""
+    pid, tp = wildcards.patient, wildcards.timepoint
+    files = {
+        "moving_original": validated_row(wildcards)["image"],
+        "moving_record": RESULTS / f"preprocessed/{pid}/{tp}.json",
+    }
+    if given_mask(pid, BASELINE):
+        files["fixed_mask"] = RESULTS / f"preprocessed/{pid}/{BASELINE}_mask.nii.gz"
+    if given_mask(pid, tp):
+        files["moving_mask"] = given_mask(pid, tp)
     if SYNTHETIC:
         truth = COHORT / "truth"
-        files["truth_mask"] = (
-            truth
-            / f"masks/{wildcards.patient}/{wildcards.timepoint}_in_baseline.nii.gz"
-        )
-        files["truth_transform"] = (
-            truth / f"transforms/{wildcards.patient}/followup.json"
-        )
+        files["truth_mask"] = truth / f"masks/{pid}/{tp}_in_baseline.nii.gz"
+        files["truth_transform"] = truth / f"transforms/{pid}/followup.json"
     return files
 
 
@@ -216,15 +246,15 @@ def training_settings(wildcards):
 
 
 def segmentation_scans(patients, masks=True):
-    """Images (and given masks) of `patients` on their baseline grids, by scan."""
+    """Images (and, where drawn, masks) of `patients` on their baseline grids, by scan."""
     table = validated_table()
     files = {}
-    for pid, tp in table[table["patient_id"].isin(patients)][
-        ["patient_id", "timepoint"]
+    for pid, tp, drawn in table[table["patient_id"].isin(patients)][
+        ["patient_id", "timepoint", "mask"]
     ].itertuples(index=False):
         image, mask = scan_paths(RESULTS, pid, tp)
         files[f"{pid}__{tp}"] = image
-        if masks:
+        if masks and isinstance(drawn, str):
             files[f"{pid}__{tp}_mask"] = mask
     return files
 
@@ -273,8 +303,9 @@ def network_outcome_inputs(wildcards):
 
 
 def segmentation_qc_inputs(wildcards):
-    """Predicted masks of every method and scan with their references (given masks on the
-    baseline grid; the synthetic cohort's true-geometry masks of later scans)."""
+    """Predicted masks of every method and scan with their references (drawn masks on the
+    baseline grid, where drawn; the synthetic cohort's true-geometry masks of later scans).
+    """
     files = {}
     for method in MASK_METHODS:
         for pid, tp in PLANNED[["patient_id", "timepoint"]].itertuples(index=False):
@@ -282,14 +313,15 @@ def segmentation_qc_inputs(wildcards):
                 RESULTS / f"segmentation/{method}/{pid}/{tp}.nii.gz"
             )
     for pid, tp in PLANNED[["patient_id", "timepoint"]].itertuples(index=False):
-        files[f"ref__{pid}__{tp}"] = reference_mask(pid, tp)
+        if given_mask(pid, tp):
+            files[f"ref__{pid}__{tp}"] = reference_mask(pid, tp)
         if true_geometry_mask(pid, tp) is not None:
             files[f"true__{pid}__{tp}"] = true_geometry_mask(pid, tp)
     return files
 
 
 def reference_mask(pid, tp):
-    """The reference of a predicted mask: the given (on the synthetic cohort: true) mask on the
+    """The reference of a predicted mask: the drawn (on the synthetic cohort: true) mask on the
     grid the network segmented, i.e. preprocessed at baseline and through our registration at a
     later scan, so segmentation QC measures segmentation alone."""
     return scan_paths(RESULTS, pid, tp)[1]

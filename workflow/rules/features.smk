@@ -4,8 +4,8 @@ from deltarad.layout import resolve_params
 
 # Input functions feature_scans / feature_timepoints live in common.smk.
 FEATURE_PARAMS = resolve_params(config["features"]["params"])
-# The tumour label of the masks features read (predicted masks are 0/1).
-FEATURE_MASK_LABEL = 1 if FEATURE_MASK_METHOD else config["validation"]["mask_label"]
+# The tumour label of the drawn masks (predicted masks are 0/1; params `masks` says which is which).
+FEATURE_MASK_LABEL = config["validation"]["mask_label"]
 # Handcrafted jobs see everything but the deep block: changing deep settings reruns only those.
 HANDCRAFTED_SETTINGS = {
     **{k: v for k, v in config["features"].items() if k != "deep"},
@@ -34,6 +34,7 @@ rule features_patient:
     params:
         settings=HANDCRAFTED_SETTINGS,
         timepoints=feature_timepoints,
+        masks=feature_mask_sources,
     script:
         "../scripts/features_patient.py"
 
@@ -92,6 +93,7 @@ if DEEP_METHOD:
             settings=DEEP_SETTINGS,
             model_folder=DEEP_MODEL_FOLDER,
             timepoints=feature_timepoints,
+            masks=feature_mask_sources,
         script:
             "../scripts/features_deep.py"
 

@@ -24,7 +24,6 @@ rule preprocess:
         unpack(preprocess_inputs),
     output:
         image=RESULTS / "preprocessed/{patient}/{timepoint}.nii.gz",
-        mask=RESULTS / "preprocessed/{patient}/{timepoint}_mask.nii.gz",
         record=RESULTS / "preprocessed/{patient}/{timepoint}.json",
     log:
         LOGS / "preprocess/{patient}/{timepoint}.log",
@@ -39,3 +38,26 @@ rule preprocess:
         settings=config["preprocess"],
     script:
         "../scripts/preprocess.py"
+
+
+# Only scans with a drawn mask have one on the preprocessed grid; the others get predicted masks.
+# `{timepoint}_mask.nii.gz` would also match preprocess's image with timepoint `*_mask`.
+ruleorder: preprocess_mask > preprocess
+
+
+rule preprocess_mask:
+    input:
+        mask=drawn_mask,
+        image=RESULTS / "preprocessed/{patient}/{timepoint}.nii.gz",
+    output:
+        RESULTS / "preprocessed/{patient}/{timepoint}_mask.nii.gz",
+    log:
+        LOGS / "preprocess/{patient}/{timepoint}_mask.log",
+    conda:
+        ENVS / "imaging.yaml"
+    threads: 1
+    resources:
+        mem_mb=scaled_mem(2000),
+        runtime=10,
+    script:
+        "../scripts/preprocess_mask.py"

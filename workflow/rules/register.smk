@@ -5,11 +5,9 @@ rule register:
     input:
         unpack(registration_inputs),
         fixed=RESULTS / "preprocessed/{patient}/baseline.nii.gz",
-        fixed_mask=RESULTS / "preprocessed/{patient}/baseline_mask.nii.gz",
         moving=RESULTS / "preprocessed/{patient}/{timepoint}.nii.gz",
     output:
         image=RESULTS / "registered/{patient}/{timepoint}.nii.gz",
-        mask=RESULTS / "registered/{patient}/{timepoint}_mask.nii.gz",
         transform=RESULTS / "registered/{patient}/{timepoint}.tfm",
         qc=RESULTS / "qc/registration/{patient}/{timepoint}.json",
         figure=report(
@@ -36,6 +34,31 @@ rule register:
         truth_cohort=COHORT if SYNTHETIC else None,
     script:
         "../scripts/register.py"
+
+
+# A later scan's drawn mask in baseline space (scans without one get a predicted mask).
+ruleorder: register_mask > register
+
+
+rule register_mask:
+    input:
+        mask=drawn_mask,
+        fixed=RESULTS / "preprocessed/{patient}/baseline.nii.gz",
+        transform=RESULTS / "registered/{patient}/{timepoint}.tfm",
+    output:
+        RESULTS / "registered/{patient}/{timepoint}_mask.nii.gz",
+    log:
+        LOGS / "register/{patient}/{timepoint}_mask.log",
+    wildcard_constraints:
+        timepoint=LATER_TIMEPOINT,
+    conda:
+        ENVS / "imaging.yaml"
+    threads: 1
+    resources:
+        mem_mb=scaled_mem(2000),
+        runtime=10,
+    script:
+        "../scripts/register_mask.py"
 
 
 rule registration_qc:

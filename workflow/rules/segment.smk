@@ -38,6 +38,8 @@ rule segment_train:
         unpack(network_training_inputs),
         samples=RESULTS / "tables/samples.validated.tsv",
         clinical=clinical_sheet(),
+        # Patients the registration QC gate dropped are not trained on.
+        excluded=RESULTS / "qc/failures_registration.tsv",
     output:
         plan=RESULTS / "models/segmentation/{method}/plan.json",
         checkpoint=RESULTS / "models/segmentation/{method}/checkpoint_final.pt",

@@ -20,4 +20,5 @@ with log_to(snakemake.log[0]):
         patient_modality(snakemake.input.samples, patient),
         snakemake.output[0],
         device=snakemake.config["segmentation"]["device"],
+        mask_sources=snakemake.params.masks,
     )

@@ -12,4 +12,6 @@ with log_to(snakemake.log[0]):
     }
     modality = patient_modality(snakemake.input.samples, patient)
     out = snakemake.output
-    write_patient(patient, scans, settings, out.table, out.failures, modality)
+    write_patient(
+        patient, scans, settings, out.table, out.failures, modality, snakemake.params.masks
+    )

@@ -13,11 +13,11 @@ with log_to(snakemake.log[0]):
     )
     preprocess_scan(
         snakemake.input.image,
-        snakemake.input.mask,
+        None,
         snakemake.params.modality,
         settings,
         snakemake.output.image,
-        snakemake.output.mask,
+        None,
         snakemake.output.record,
         where=f"patient {snakemake.wildcards.patient}, {snakemake.wildcards.timepoint}",
     )

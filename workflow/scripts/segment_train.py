@@ -17,4 +17,5 @@ with log_to(snakemake.log[0]):
         threads=snakemake.threads,
         # Read here, not a param: moving to a GPU must not retrain.
         device=snakemake.config["segmentation"]["device"],
+        excluded_path=Path(snakemake.input.excluded),
     )

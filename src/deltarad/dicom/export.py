@@ -342,8 +342,15 @@ def export_cohort(
             slices = write_image_series(
                 image, study / "CT", person, visit, study_uid, scan["modality"], seed
             )
-            if masks:
-                mask = sitk.GetArrayFromImage(io.read_image(Path(cohort_root) / scan["mask"]))
+            drawn = isinstance(scan["mask"], str)
+            mask = (
+                sitk.GetArrayFromImage(io.read_image(Path(cohort_root) / scan["mask"]))
+                if (masks and drawn)
+                else None
+            )
+            # Contours only where the sheet has a non-empty mask (an empty one is a complete
+            # response: a structure set would have no contour to hold).
+            if mask is not None and mask.any():
                 write_rtstruct(mask, image, slices, study / "RS.dcm", person, seed=seed)
                 write_seg(mask, slices, study / "SEG.dcm", seed=seed)
             rows.append(

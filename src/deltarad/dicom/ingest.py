@@ -250,9 +250,13 @@ def _mask_for(
                     f"cannot read {name} (corrupt file?): {type(err).__name__}: {err}"
                 ) from None
             return mask, kind
-    raise MaskError(
-        f"no {'/'.join(k.upper() for k in order)} references the series in {_folder(run, image)}"
+    # Masks are often drawn on some scans only (e.g. the baseline): not a failure; the
+    # segmentation stage predicts the missing ones (segmentation.masks).
+    run.info(
+        f"no {'/'.join(k.upper() for k in order)} references the series in "
+        f"{_folder(run, image)}: scan kept without a mask"
     )
+    return None, None
 
 
 def _ingest_patient(

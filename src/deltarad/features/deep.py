@@ -39,9 +39,7 @@ import torch.nn.functional as F
 
 from deltarad import io
 from deltarad.features.delta import SEP
-from deltarad.features.handcrafted import read_scan
-from deltarad.features.regions import build_regions
-from deltarad.features.table import FeatureSettings
+from deltarad.features.table import FeatureSettings, series_scans
 from deltarad.runlog import UserError
 
 SOURCE = "deep"
@@ -264,18 +262,18 @@ def patient_deep_features(
     levels: Sequence[int] | None = None,
     stats: Sequence[str] = ("mean",),
     modality: str | None = None,
+    mask_sources: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """One row of deep features for a patient: every timepoint x region x level x channel.
 
-    Regions are those of the handcrafted features (same rings, body threshold and tumour label).
+    Regions are those of the handcrafted features (same rings, body threshold, tumour labels,
+    and rings around the tumour bed where the tumour vanished; its tumour features are NA).
     """
     chosen = chosen_levels(levels, encoder.n_levels)
     row: dict[str, Any] = {"patient_id": patient_id}
-    for timepoint, (image_path, mask_path) in scans.items():
-        image, mask = read_scan(image_path, mask_path, f"patient {patient_id}, {timepoint}")
-        built = build_regions(
-            image, mask, settings.rings_mm, settings.threshold(modality), settings.label
-        )
+    for timepoint, image, built, _ in series_scans(
+        patient_id, scans, settings, modality, mask_sources
+    ):
         regions = {n: sitk.GetArrayFromImage(r) > 0 for n, r in built.items()}
         acts, on_grid = encoder.encode(image, regions, chosen)
         for region, feats in pool_regions(acts, on_grid, chosen, stats).items():
@@ -310,6 +308,7 @@ def write_patient_deep(
     modality: str | None,
     out_table: str | Path,
     device: str = "cpu",
+    mask_sources: Mapping[str, str] | None = None,
 ) -> Path:
     """The per-patient deep-feature partial file (merged into features.parquet).
 
@@ -328,6 +327,7 @@ def write_patient_deep(
         deep.get("levels"),
         deep.get("stats", ["mean"]),
         modality,
+        mask_sources,
     )
     log.info("%s: %d deep features (%s)", patient_id, table.shape[1] - 1, deep["method"])
     return io.write_table(table, out_table)

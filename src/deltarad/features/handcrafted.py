@@ -56,6 +56,32 @@ def make_extractor(params: Mapping[str, Any] | str | Path) -> Any:
     return extractor
 
 
+# Shape features that measure size: 0 for a tumour that has vanished (complete response). The
+# others are ratios of sizes (sphericity, elongation, surface-to-volume, ...), undefined there.
+ZERO_SIZE_SHAPE = (
+    "VoxelVolume", "MeshVolume", "SurfaceArea", "Maximum3DDiameter", "Maximum2DDiameterSlice",
+    "Maximum2DDiameterColumn", "Maximum2DDiameterRow", "MajorAxisLength", "MinorAxisLength",
+    "LeastAxisLength",
+)  # fmt: skip
+
+
+def absent_tumor_features(extractor: Any) -> dict[str, float]:
+    """The defined features of a tumour that has vanished: the enabled shape features of the
+    original image, sizes 0 and ratios NaN. Intensity and texture of an empty region are
+    undefined (pyradiomics refuses empty masks), so they are left out (NA in the table)."""
+    from radiomics.shape import RadiomicsShape
+
+    if "Original" not in extractor.enabledImagetypes or "shape" not in extractor.enabledFeatures:
+        return {}
+    enabled = extractor.enabledFeatures["shape"] or [
+        name for name, deprecated in RadiomicsShape.getFeatureNames().items() if not deprecated
+    ]
+    return {
+        f"original_shape_{name}": 0.0 if name in ZERO_SIZE_SHAPE else float("nan")
+        for name in enabled
+    }
+
+
 def _on_grid(mask: sitk.Image, reference: sitk.Image) -> sitk.Image:
     """A region mask carried onto the (possibly resampled and cropped) reference grid."""
     if io.Geometry.of(mask) == io.Geometry.of(reference):

@@ -7,7 +7,9 @@ timepoints. Rings are clipped to the body: voxels above a modality threshold (CT
 default), largest connected component, holes filled slice by slice (air in the lungs or bowel
 inside the body is kept); with no threshold the body is the whole field of view. A ring cut by
 the image border is simply smaller; one with no voxel left is reported as a failed region by
-the caller, never silently dropped.
+the caller, never silently dropped. A tumour that has vanished at a later scan (complete
+response) leaves its bed: the rings are then drawn around the baseline tumour
+(:func:`series_regions`).
 
 Example:
     >>> region_name(0, 3), region_name(2.5, 5)
@@ -110,16 +112,41 @@ def build_regions(
     rings_mm: Sequence[tuple[float, float]],
     body_threshold: float | None = None,
     label: int = 1,
+    around: np.ndarray | None = None,
 ) -> dict[str, sitk.Image]:
-    """The tumour and its rings as uint8 masks (value 1) on the image grid."""
+    """The tumour and its rings as uint8 masks (value 1) on the image grid; `around` (a boolean
+    (z, y, x) array on the same grid): draw the rings around it instead of the tumour."""
     tumor = sitk.GetArrayFromImage(mask) == label
     arrays = {TUMOR: tumor}
     body = body_mask(sitk.GetArrayFromImage(image), body_threshold)
     # SimpleITK spacing is (x, y, z); numpy arrays are (z, y, x).
-    arrays.update(ring_arrays(tumor, image.GetSpacing()[::-1], rings_mm, body))
+    centre = tumor if around is None else around
+    arrays.update(ring_arrays(centre, image.GetSpacing()[::-1], rings_mm, body))
     out = {}
     for name, arr in arrays.items():
         region = sitk.GetImageFromArray(arr.astype(np.uint8))
         region.CopyInformation(image)
         out[name] = region
     return out
+
+
+def series_regions(
+    image: sitk.Image,
+    mask: sitk.Image,
+    rings_mm: Sequence[tuple[float, float]],
+    body_threshold: float | None = None,
+    label: int = 1,
+    bed: np.ndarray | None = None,
+) -> tuple[dict[str, sitk.Image], bool]:
+    """Regions of one scan of a patient's series on the baseline grid, and whether its tumour
+    has vanished (complete response).
+
+    `bed`: the baseline tumour (boolean (z, y, x) array on the baseline grid), None for the
+    baseline itself. A later scan whose tumour mask is empty while the baseline had a tumour is a
+    complete response: its rings are drawn around the tumour bed (the baseline tumour, which is
+    already in this grid's space), so the peritumoral tissue is still measured.
+    """
+    tumor = sitk.GetArrayViewFromImage(mask) == label
+    absent = bed is not None and bed.shape == tumor.shape and bool(bed.any()) and not tumor.any()
+    regions = build_regions(image, mask, rings_mm, body_threshold, label, bed if absent else None)
+    return regions, absent

@@ -3,24 +3,33 @@
 Columns are ``{timepoint}__{region}__{source}__{feature}`` (docs/output.md). A region that cannot
 be measured (empty ring, tumour below the minimum voxel count, refused by pyradiomics' checks)
 gets NA features, ``{timepoint}__{region}__qc__failed = True`` and one failure row
-``patient_id, stage, error`` — the patient stays in the table.
+``patient_id, stage, error`` — the patient stays in the table. Per scan,
+``{timepoint}__tumor__qc__mask`` says which mask the features came from (``given`` or the
+predicting method) and ``{timepoint}__tumor__qc__absent`` marks a complete response.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import SimpleITK as sitk
 
 from deltarad import io
 from deltarad.features.delta import SEP, add_deltas
-from deltarad.features.handcrafted import SOURCE, extract_scan, make_extractor
-from deltarad.features.regions import TUMOR, parse_rings, region_name
+from deltarad.features.handcrafted import (
+    SOURCE,
+    absent_tumor_features,
+    extract_regions,
+    make_extractor,
+    read_scan,
+)
+from deltarad.features.regions import TUMOR, parse_rings, region_name, series_regions
 
 STAGE = "features"
 FAILURE_COLUMNS = ["patient_id", "stage", "error"]
@@ -69,28 +78,58 @@ class FeatureSettings:
         return (self.body_threshold or {}).get(modality or "", None)
 
 
+def series_scans(
+    patient_id: str,
+    scans: Mapping[str, tuple[str | Path, str | Path]],
+    settings: FeatureSettings,
+    modality: str | None = None,
+    mask_sources: Mapping[str, str] | None = None,
+) -> Iterator[tuple[str, sitk.Image, dict[str, sitk.Image], bool]]:
+    """(timepoint, image, regions, tumour absent) of each scan of a patient, baseline first, all
+    on the baseline grid; the regions of a complete response are drawn around the tumour bed
+    (:func:`deltarad.features.regions.series_regions`). `mask_sources`: timepoint -> `given` (the
+    drawn mask: tumour label ``settings.label``) or the method that predicted it (label 1)."""
+    bed = None
+    for timepoint, (image_path, mask_path) in scans.items():
+        source = (mask_sources or {}).get(timepoint, "given")
+        label = settings.label if source == "given" else 1
+        image, mask = read_scan(image_path, mask_path, f"patient {patient_id}, {timepoint}")
+        regions, absent = series_regions(
+            image, mask, settings.rings_mm, settings.threshold(modality), label, bed
+        )
+        if bed is None:
+            bed = sitk.GetArrayFromImage(regions[TUMOR]) > 0
+        yield timepoint, image, regions, absent
+
+
 def patient_features(
     patient_id: str,
     scans: Mapping[str, tuple[str | Path, str | Path]],
     settings: FeatureSettings,
     modality: str | None = None,
     extractor: Any = None,
+    mask_sources: Mapping[str, str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One patient's row (every timepoint and region) and its failure rows."""
+    """One patient's row (every timepoint and region) and its failure rows.
+
+    A later scan whose tumour has vanished (complete response) gets the defined shape features
+    (sizes 0, so deltas of size are exact: -100 %), NA intensity and texture, rings around the
+    tumour bed, and ``{timepoint}__tumor__qc__absent = True``; it is not a failure."""
     extractor = extractor or make_extractor(settings.params)
     row: dict[str, Any] = {"patient_id": patient_id}
-    flags: dict[str, bool] = {}
+    flags: dict[str, bool | str] = {}
     failures = []
-    for timepoint, (image, mask) in scans.items():
-        feats, errors = extract_scan(
-            image,
-            mask,
-            extractor,
-            list(settings.rings_mm),
-            settings.threshold(modality),
-            settings.min_voxels(),
-            settings.label,
-            what=f"patient {patient_id}, {timepoint}",
+    for timepoint, image, regions, absent in series_scans(
+        patient_id, scans, settings, modality, mask_sources
+    ):
+        if absent:
+            regions = {n: r for n, r in regions.items() if n != TUMOR}
+        feats, errors = extract_regions(image, regions, extractor, settings.min_voxels())
+        if absent:
+            feats[TUMOR] = absent_tumor_features(extractor)
+        flags[SEP.join([timepoint, TUMOR, "qc", "absent"])] = absent
+        flags[SEP.join([timepoint, TUMOR, "qc", "mask"])] = (mask_sources or {}).get(
+            timepoint, "given"
         )
         for region in settings.regions:
             for name, value in feats.get(region, {}).items():
@@ -109,10 +148,13 @@ def write_patient(
     out_table: str | Path,
     out_failures: str | Path,
     modality: str | None = None,
+    mask_sources: Mapping[str, str] | None = None,
 ) -> None:
     """Per-patient partial files (so touching one patient recomputes one patient)."""
     start = time.perf_counter()
-    row, failures = patient_features(patient_id, scans, settings, modality)
+    row, failures = patient_features(
+        patient_id, scans, settings, modality, mask_sources=mask_sources
+    )
     io.write_table(row, out_table)
     io.write_table(failures, out_failures)
     log.info(
@@ -179,6 +221,8 @@ def merge_features(
     table = table[["patient_id", *_order(table.columns, timepoints)]]
     flags = [c for c in table.columns if c.endswith(f"{SEP}qc{SEP}failed")]
     table[flags] = table[flags].fillna(True).astype(bool)  # a missing timepoint failed
+    absent = [c for c in table.columns if c.endswith(f"{SEP}qc{SEP}absent")]
+    table[absent] = table[absent].fillna(False).astype(bool)
     table = add_deltas(table, rel_floor=rel_floor, abs_floor=abs_floor)
     qc = [c for c in table.columns if SEP + "qc" + SEP in c]
     table = table[[c for c in table.columns if c not in qc] + qc]

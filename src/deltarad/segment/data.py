@@ -44,6 +44,8 @@ class LoadedPair:
     base_mask: np.ndarray | None  # (z, y, x) float32 0/1
     follow_mask: np.ndarray | None
     reference: sitk.Image  # geometry of the baseline grid
+    # Whether each timepoint's mask was drawn (False: an all-zero stand-in that trains nothing).
+    labelled: tuple[bool, bool] = (True, True)
 
 
 def read_array(path: Path) -> tuple[np.ndarray, sitk.Image]:
@@ -53,7 +55,11 @@ def read_array(path: Path) -> tuple[np.ndarray, sitk.Image]:
 
 def load_pair(case: PairCase, plan: TopologyPlan | None, need_masks: bool) -> LoadedPair:
     """Read and normalise a pair; masks become 1 at the tumour label, 0 elsewhere. Geometry
-    mismatches are user errors."""
+    mismatches are user errors.
+
+    `need_masks` (training): a timepoint without a drawn mask gets an all-zero stand-in and
+    ``labelled`` False for it, so it adds no segmentation loss (as nnU-Net's ignore label);
+    otherwise missing masks stay None."""
     base, ref = read_array(case.base_image)
     follow, fimg = read_array(case.follow_image)
     if base.shape != follow.shape:
@@ -63,14 +69,11 @@ def load_pair(case: PairCase, plan: TopologyPlan | None, need_masks: bool) -> Lo
             f"baseline grid {case.base_image} has {base.shape[::-1]}; the network needs the "
             "follow-up registered onto the baseline"
         )
-    masks = []
+    masks, labelled = [], []
     for path in (case.base_mask, case.follow_mask):
+        labelled.append(path is not None)
         if path is None:
-            if need_masks:
-                raise UserError(
-                    f"patient {case.patient_id}: no mask for training ({case.timepoint})"
-                )
-            masks.append(None)
+            masks.append(np.zeros(base.shape, np.float32) if need_masks else None)
             continue
         m, _ = read_array(path)
         if m.shape != base.shape:
@@ -81,7 +84,7 @@ def load_pair(case: PairCase, plan: TopologyPlan | None, need_masks: bool) -> Lo
         masks.append((m == case.label).astype(np.float32))
     if plan is not None:
         base, follow = normalize(base, plan), normalize(follow, plan)
-    return LoadedPair(case, base, follow, masks[0], masks[1], ref)
+    return LoadedPair(case, base, follow, masks[0], masks[1], ref, (labelled[0], labelled[1]))
 
 
 def spacing_zyx(image: sitk.Image) -> tuple[float, float, float]:

@@ -16,12 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from deltarad.layout import NNUNET
 from deltarad.runlog import UserError
 
 HEADS = ("segmentation", "response", "survival", "reconstruction")
 FUSIONS = ("difference", "concat", "both")
-# The backend method name; every other method is a preset of our network.
-NNUNET = "nnunet"
 
 
 @dataclass(frozen=True)

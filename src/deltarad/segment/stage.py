@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 SEGMENTATION_QC_COLUMNS = ["patient_id", "timepoint", "method", "dice", "hd95_mm"]
 # Beyond the contract: synthetic later scans against the true tumour through the true transform.
 TRUE_GEOMETRY_COLUMNS = ["dice_true_geometry", "hd95_true_geometry_mm"]
+# Whether the scan had a drawn mask (False: its features use the predicted one).
+MASK_GIVEN_COLUMN = "mask_given"
 NETWORK_PREDICTION_COLUMNS = ["patient_id", "method", "response_probability", "risk_score", "split"]
 
 
@@ -34,11 +36,12 @@ def split_patients(
     external_centers: list[str],
     validation_fraction: float,
     seed: int,
+    excluded: set[str] | frozenset[str] = frozenset(),
 ) -> dict[str, str]:
-    """patient -> train / val / test. Test = external centres; validation patients are drawn per
-    training centre (seeded), so every centre is represented; a patient's timepoints always share
-    a split. Patients a registration QC gate drops are still trained on: their registered image and
-    mask went through the same transform, so they agree with each other."""
+    """patient -> train / val / test / excluded. Test = external centres; validation patients
+    are drawn per training centre (seeded), so every centre is represented; a patient's
+    timepoints always share a split. `excluded`: patients a registration QC gate dropped; their
+    follow-up is not in baseline space, so they are left out of training like every later stage."""
     centers = samples.drop_duplicates("patient_id").set_index("patient_id")["center"]
     split: dict[str, str] = {}
     rng = np.random.default_rng(seed)
@@ -47,7 +50,8 @@ def split_patients(
         if center in external_centers:
             split.update({p: "test" for p in patients})
             continue
-        usable = patients
+        split.update({p: "excluded" for p in patients if p in excluded})
+        usable = [p for p in patients if p not in excluded]
         n_val = int(round(validation_fraction * len(usable)))
         val = set(rng.permutation(usable)[:n_val].tolist()) if n_val else set()
         split.update({p: "val" if p in val else "train" for p in usable})
@@ -73,9 +77,17 @@ def pair_cases(
     with_masks: bool = True,
     label: int = 1,
 ) -> list[PairCase]:
-    """(baseline, later timepoint) pairs of `patients`; the first later one carries the outcome."""
+    """(baseline, later timepoint) pairs of `patients`; the first later one carries the outcome.
+    With `with_masks`, a scan's mask (on the baseline grid) is included where the sheet has a
+    drawn one, None elsewhere."""
     cases = []
     clin = clinical.set_index("patient_id") if clinical is not None else None
+    drawn = set()
+    if with_masks and "mask" in samples.columns:
+        has = samples["mask"].notna() & (samples["mask"].astype(str).str.strip() != "")
+        drawn = set(
+            samples.loc[has, ["patient_id", "timepoint"]].itertuples(index=False, name=None)
+        )
     for pid in patients:
         tps = patient_timepoints(samples, pid)
         if len(tps) < 2:
@@ -94,8 +106,8 @@ def pair_cases(
                     tp,
                     base_img,
                     img,
-                    base_mask if with_masks else None,
-                    mask if with_masks else None,
+                    base_mask if (pid, BASELINE) in drawn else None,
+                    mask if (pid, tp) in drawn else None,
                     carries_outcome=(i == 0),
                     label=label,
                     **outcome,
@@ -114,18 +126,23 @@ def run_training(
     out_dir: Path,
     threads: int = 1,
     device: str = "auto",
+    excluded_path: Path | None = None,
 ) -> dict[str, Any]:
     """Train preset `method` on the training centres' patients. `seg_config` holds what training
     depends on (seed, validation_fraction, training, network, augmentation, presets, and
-    mask_label: the tumour label of the given masks, default 1)."""
+    mask_label: the tumour label of the given masks, default 1). `excluded_path`: a failures
+    table (patient_id, ...) of patients to leave out (the registration QC gate's)."""
     from deltarad.segment.train import train_network
 
     preset = preset_for(method, seg_config)
     label = int(seg_config.get("mask_label", 1))
     samples = io.read_tsv(samples_path)
     clinical = io.read_tsv(clinical_path)
+    excluded = set()
+    if excluded_path is not None and Path(excluded_path).stat().st_size > 0:
+        excluded = set(io.read_tsv(excluded_path).get("patient_id", pd.Series(dtype=str)).dropna())
     split = split_patients(
-        samples, external_centers, seg_config["validation_fraction"], seg_config["seed"]
+        samples, external_centers, seg_config["validation_fraction"], seg_config["seed"], excluded
     )
     train = sorted(p for p, s in split.items() if s == "train")
     val = sorted(p for p, s in split.items() if s == "val")
@@ -209,24 +226,27 @@ def qc_records(named_inputs: dict[str, str]) -> list[dict[str, Any]]:
         _, method, pid, tp = name.split("__")
         records.append(
             {"patient_id": pid, "timepoint": tp, "method": method, "prediction": path,
-             "reference": named_inputs[f"ref__{pid}__{tp}"],
+             "reference": named_inputs.get(f"ref__{pid}__{tp}"),
              "true_geometry": named_inputs.get(f"true__{pid}__{tp}")}
         )  # fmt: skip
     return records
 
 
 def segmentation_qc(records: list[dict[str, Any]], label: int = 1) -> pd.DataFrame:
-    """The QC table from records {patient_id, timepoint, method, prediction, reference[,
-    true_geometry]}: Dice and HD95 against the reference (`label` voxels), and against the
-    true-geometry mask (label 1, synthetic truth) where there is one, else NA."""
+    """The QC table from records {patient_id, timepoint, method, prediction, reference,
+    true_geometry}: Dice and HD95 against the drawn reference (`label` voxels; NA where the scan
+    has no drawn mask), and against the true-geometry mask (label 1, synthetic truth) where there
+    is one, else NA; `mask_given` says whether a drawn mask existed."""
     rows = []
     for r in records:
         pred = io.read_image(r["prediction"])  # once, for both references
-        score, dist = compare_masks(pred, Path(r["reference"]), label)
+        ref = r.get("reference")
+        score, dist = compare_masks(pred, Path(ref), label) if ref else (math.nan,) * 2
         true = r.get("true_geometry")
         extra = compare_masks(pred, Path(true)) if true else (math.nan,) * 2
-        rows.append([r["patient_id"], r["timepoint"], r["method"], score, dist, *extra])
-    return pd.DataFrame(rows, columns=SEGMENTATION_QC_COLUMNS + TRUE_GEOMETRY_COLUMNS)
+        rows.append([r["patient_id"], r["timepoint"], r["method"], score, dist, *extra, bool(ref)])
+    columns = SEGMENTATION_QC_COLUMNS + TRUE_GEOMETRY_COLUMNS + [MASK_GIVEN_COLUMN]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def network_predictions(

@@ -113,6 +113,19 @@ def _settings_hash(data: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def labelled_loss(
+    outputs: list[torch.Tensor], target: torch.Tensor, labelled: torch.Tensor
+) -> torch.Tensor | None:
+    """Deep-supervision Dice + CE over the batch rows whose mask was drawn; None when no row
+    of the batch has one (that timepoint then adds no segmentation loss)."""
+    rows = labelled > 0
+    if not bool(rows.any()):
+        return None
+    if bool(rows.all()):
+        return deep_supervision_loss(outputs, target)
+    return deep_supervision_loss([o[rows] for o in outputs], target[rows])
+
+
 def _batch_loss(
     net: LongitudinalNet, batch: dict[str, torch.Tensor], preset: Preset
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -120,10 +133,12 @@ def _batch_loss(
     w = preset.loss_weights
     parts: dict[str, torch.Tensor] = {}
     if out.seg is not None:
-        parts["segmentation"] = 0.5 * (
-            deep_supervision_loss(out.seg[0], batch["base_seg"])
-            + deep_supervision_loss(out.seg[1], batch["follow_seg"])
-        )
+        terms = [
+            labelled_loss(out.seg[i], batch[f"{key}_seg"], batch[f"{key}_labelled"])
+            for i, key in enumerate(("base", "follow"))
+        ]
+        terms = [t for t in terms if t is not None]
+        parts["segmentation"] = sum(terms) / len(terms) if terms else out.seg[0][0].sum() * 0.0
     if out.outcome is not None:
         has = batch["carries_outcome"] > 0
         if "response" in preset.heads:
@@ -160,7 +175,10 @@ def train_network(
 
     `plan`: a given topology (e.g. converted from nnU-Net's plans) instead of planning one here.
     """
-    n_patients = len({c.patient_id for c in train_cases})
+    with_masks = {
+        c.patient_id for c in train_cases if c.base_mask is not None or c.follow_mask is not None
+    }
+    n_patients = len(with_masks if preset.segments else {c.patient_id for c in train_cases})
     if n_patients < 2:
         raise UserError(
             f"segmentation ({preset.name}): {n_patients} training patient(s) — need at least 2 "
@@ -270,6 +288,10 @@ def _make_batch(
     batch = {k: torch.from_numpy(v).to(device, memory_format=layout) for k, v in arrays.items()}
     for key in ("base_seg", "follow_seg"):
         batch[key] = (batch[key] > 0.5).float()
+    for i, key in enumerate(("base_labelled", "follow_labelled")):
+        batch[key] = torch.tensor(
+            [float(p.labelled[i]) for p in chosen], dtype=torch.float32, device=device
+        )
     for key in ("response", "time", "event"):
         batch[key] = torch.tensor(
             [getattr(p.case, key) for p in chosen], dtype=torch.float32, device=device
@@ -288,7 +310,11 @@ def validation_patches(
     """Fixed validation patches, as nnU-Net's online evaluation: per validation pair one patch
     centred on the tumour and one drawn anywhere (seeded, drawn once, so epochs compare)."""
     rng = np.random.default_rng([seed, 99])
-    return [sample_patch(p, patch, rng, fg)[0] for p in pairs for fg in (1.0, 0.0)]
+    return [
+        {**sample_patch(p, patch, rng, fg)[0], "labelled": np.asarray(p.labelled, np.float32)}
+        for p in pairs
+        for fg in (1.0, 0.0)
+    ]
 
 
 @torch.no_grad()
@@ -305,7 +331,10 @@ def validation_dice(
     for sample in patches:
         x = {k: torch.from_numpy(v[None]).to(device) for k, v in sample.items()}
         out = net(x["base"], x["follow"], outcome=False, reconstruct=False)
-        for logits, truth in ((out.seg[0][0], x["base_seg"]), (out.seg[1][0], x["follow_seg"])):
+        pairs = ((out.seg[0][0], x["base_seg"]), (out.seg[1][0], x["follow_seg"]))
+        for (logits, truth), labelled in zip(pairs, sample["labelled"], strict=True):
+            if not labelled:  # no drawn mask: nothing to score against
+                continue
             pred, ref = logits > 0, truth > 0.5
             tp += float((pred & ref).sum())
             fp_fn += float((pred ^ ref).sum())
@@ -321,10 +350,15 @@ def scan_dice(net: LongitudinalNet, plan: TopologyPlan, pairs: list[LoadedPair],
     scores = []
     for pair in pairs:
         pred = predict_pair(net, plan, pair, device, outcome=False)
+        probs = (pred.base_prob, pred.follow_prob)
+        masks = (pair.base_mask, pair.follow_mask)
         scores += [
-            dice(pred.base_prob >= 0.5, pair.base_mask),
-            dice(pred.follow_prob >= 0.5, pair.follow_mask),
+            dice(prob >= 0.5, mask)
+            for prob, mask, labelled in zip(probs, masks, pair.labelled, strict=True)
+            if labelled
         ]
+    if not scores:
+        return math.nan
     return float(np.nanmedian(scores)) if not np.isnan(scores).all() else math.nan
 
 

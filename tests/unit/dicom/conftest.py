@@ -1,4 +1,5 @@
-"""The tiny synthetic cohort exported as DICOM with fake identifying data (once per session)."""
+"""The tiny synthetic cohort (every scan with a drawn mask) exported as DICOM with fake identifying
+data (once per session)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ KEY = "test-key-0123456789-abcdef"
 
 
 @pytest.fixture(scope="session")
-def dicom_export(tiny_cohort_ro, tmp_path_factory) -> tuple[Path, pd.DataFrame]:
+def dicom_export(labelled_cohort_ro, tmp_path_factory) -> tuple[Path, pd.DataFrame]:
     """(DICOM root, answer key) of the tiny cohort; read-only by convention."""
     root = tmp_path_factory.mktemp("dicom") / "export"
-    manifest = export_cohort(tiny_cohort_ro, root)
+    manifest = export_cohort(labelled_cohort_ro, root)
     return root, manifest
 
 
@@ -36,10 +37,10 @@ def dicom_copy(dicom_export, tmp_path) -> tuple[Path, pd.DataFrame]:
 
 
 @pytest.fixture()
-def clinical_by_mrn(tiny_cohort_ro, dicom_export, tmp_path) -> Path:
+def clinical_by_mrn(labelled_cohort_ro, dicom_export, tmp_path) -> Path:
     """The cohort's clinical table keyed by the fake hospital numbers, as a site would give it."""
     _, manifest = dicom_export
-    clinical = io.read_tsv(tiny_cohort_ro / "clinical.tsv")
+    clinical = io.read_tsv(labelled_cohort_ro / "clinical.tsv")
     mrn = dict(zip(manifest["patient_id"], manifest["dicom_patient_id"], strict=False))
     clinical["patient_id"] = clinical["patient_id"].map(mrn)
     path = tmp_path / "clinical_site.tsv"

@@ -32,14 +32,16 @@ def ingested(dicom_export, tmp_path_factory):
     return out, results
 
 
-def test_images_equal_originals(ingested, dicom_export, tiny_cohort_ro):
+def test_images_equal_originals(ingested, dicom_export, labelled_cohort_ro):
     out, results = ingested
     _, manifest = dicom_export
     assert results["seg"].failures.empty
     assert len(results["seg"].samples) == len(manifest) == 12
     for row in manifest.itertuples():
         pid = pseudonym(row.dicom_patient_id, KEY.encode())
-        original = io.read_image(tiny_cohort_ro / f"images/{row.patient_id}/{row.timepoint}.nii.gz")
+        original = io.read_image(
+            labelled_cohort_ro / f"images/{row.patient_id}/{row.timepoint}.nii.gz"
+        )
         converted = io.read_image(out / f"seg/images/{pid}/{row.timepoint}_CT.nii.gz")
         assert io.Geometry.of(converted) == io.Geometry.of(original)  # exactly
         # CT is written with slope 1, so values must match exactly (no rescale rounding).
@@ -48,14 +50,14 @@ def test_images_equal_originals(ingested, dicom_export, tiny_cohort_ro):
         )
 
 
-def test_masks_from_seg_identical_and_rtstruct_dice(ingested, dicom_export, tiny_cohort_ro):
+def test_masks_from_seg_identical_and_rtstruct_dice(ingested, dicom_export, labelled_cohort_ro):
     out, results = ingested
     _, manifest = dicom_export
     assert results["rtstruct"].failures.empty
     dices = []
     for row in manifest.itertuples():
         pid = pseudonym(row.dicom_patient_id, KEY.encode())
-        truth = _array(tiny_cohort_ro / f"masks/{row.patient_id}/{row.timepoint}.nii.gz")
+        truth = _array(labelled_cohort_ro / f"masks/{row.patient_id}/{row.timepoint}.nii.gz")
         seg_mask = out / f"seg/masks/{pid}/{row.timepoint}_CT.nii.gz"
         np.testing.assert_array_equal(_array(seg_mask), truth)
         rt_mask = _array(out / f"rtstruct/masks/{pid}/{row.timepoint}_CT.nii.gz")

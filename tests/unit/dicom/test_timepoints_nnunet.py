@@ -44,17 +44,17 @@ def test_timepoint_table_by_study_date(dicom_export, tmp_path):
 
 
 @pytest.fixture()
-def nnunet_dataset(tiny_cohort_ro, tmp_path):
+def nnunet_dataset(labelled_cohort_ro, tmp_path):
     """An nnU-Net raw dataset of the tiny cohort with two labels (organ 1, tumour 2)."""
     dataset = tmp_path / "Dataset501_Tiny"
     (dataset / "imagesTr").mkdir(parents=True)
     (dataset / "labelsTr").mkdir()
-    samples = io.read_tsv(tiny_cohort_ro / "samples.tsv")
+    samples = io.read_tsv(labelled_cohort_ro / "samples.tsv")
     cases = []
     for i, row in enumerate(samples.to_dict("records")):
         case = f"tiny_{i:03d}"
-        shutil.copy(tiny_cohort_ro / row["image"], dataset / "imagesTr" / f"{case}_0000.nii.gz")
-        mask = io.read_image(tiny_cohort_ro / row["mask"])
+        shutil.copy(labelled_cohort_ro / row["image"], dataset / "imagesTr" / f"{case}_0000.nii.gz")
+        mask = io.read_image(labelled_cohort_ro / row["mask"])
         array = sitk.GetArrayFromImage(mask) * 2
         array[0, :3, :3] = 1  # an organ label that must not end up in the tumour mask
         labels = sitk.GetImageFromArray(array.astype(np.uint8))
@@ -72,18 +72,18 @@ def nnunet_dataset(tiny_cohort_ro, tmp_path):
     return dataset, tmp_path / "cases.tsv"
 
 
-def test_nnunet_import_gives_valid_sheets(nnunet_dataset, tiny_cohort_ro, tmp_path):
+def test_nnunet_import_gives_valid_sheets(nnunet_dataset, labelled_cohort_ro, tmp_path):
     dataset, cases = nnunet_dataset
     out = tmp_path / "out"
     samples, failures = ingest_nnunet(dataset, out, roi_regex="tumou?r", cases_table=cases)
     assert failures.empty and len(samples) == 12
     assert set(samples["modality"]) == {"CT"}
     validated, _ = validate_cohort(
-        out / "samples.tsv", tiny_cohort_ro / "clinical.tsv", ValidationSettings()
+        out / "samples.tsv", labelled_cohort_ro / "clinical.tsv", ValidationSettings()
     )
     assert len(validated) == 12
     row = samples.iloc[0]
-    truth = tiny_cohort_ro / f"masks/{row['patient_id']}/{row['timepoint']}.nii.gz"
+    truth = labelled_cohort_ro / f"masks/{row['patient_id']}/{row['timepoint']}.nii.gz"
     np.testing.assert_array_equal(
         sitk.GetArrayFromImage(io.read_image(out / row["mask"])),
         sitk.GetArrayFromImage(io.read_image(truth)),

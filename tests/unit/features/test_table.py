@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import SimpleITK as sitk
+import yaml
 
 from deltarad import io
 from deltarad.features import delta
@@ -19,8 +21,6 @@ PARAMS = {
 
 @pytest.fixture()
 def settings(tmp_path):
-    import yaml
-
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(PARAMS))
     block = {
@@ -78,7 +78,7 @@ def test_partials_merge_into_one_row_per_patient_with_deltas(tiny_cohort_ro, set
 
 def test_small_tumour_gives_na_flag_and_failure_row(tiny_cohort_ro, settings, tmp_path):
     strict = FeatureSettings(**{**settings.__dict__, "min_tumor_voxels": 10**6})
-    pid = "C1-001"
+    pid = "C1-003"
     write_patient(
         pid,
         _scans(tiny_cohort_ro, pid),
@@ -130,3 +130,39 @@ def test_relative_change_is_na_near_a_zero_baseline():
     out = delta.add_deltas(table)
     assert "delta__tumor__qc__failed" not in out
     np.testing.assert_allclose(out["delta__tumor__pyrad__x"][:4], [10, 25, 4.7, 1])
+
+
+def test_complete_response_has_defined_shape_and_rings_around_the_bed(
+    tiny_cohort_ro, settings, tmp_path
+):
+    """C2-003's follow-up mask is empty (the tumour vanished): size features 0, their relative
+    change exactly -100 %, intensity/texture NA, rings around the baseline tumour's bed, flagged
+    absent, and no failure row. On the tiny cohort the follow-up is not registered, so the bed
+    is the baseline tumour on the follow-up's own grid; the centre shares one grid."""
+    pid = "C2-003"
+    scans = _scans(tiny_cohort_ro, pid)
+    params = {**PARAMS, "featureClass": {"firstorder": ["Mean"], "shape": []}}  # all shape
+    (tmp_path / "all.yaml").write_text(yaml.safe_dump(params))
+    settings = FeatureSettings(**{**settings.__dict__, "params": str(tmp_path / "all.yaml")})
+    assert not sitk.GetArrayFromImage(io.read_image(scans["followup"][1])).any()
+    sources = {"baseline": "given", "followup": "given"}
+    write_patient(pid, scans, settings, tmp_path / "a.parquet", tmp_path / "a.tsv", "CT", sources)
+    table = merge_features(
+        [tmp_path / "a.parquet"], [tmp_path / "a.tsv"], tmp_path / "f.parquet", tmp_path / "x.tsv"
+    )
+    row = table.iloc[0]
+    for name in ("VoxelVolume", "MeshVolume", "Maximum3DDiameter", "SurfaceArea"):
+        assert row[f"followup__tumor__pyrad__original_shape_{name}"] == 0.0
+        assert row[f"reldelta__tumor__pyrad__original_shape_{name}"] == -1.0
+        base = row[f"baseline__tumor__pyrad__original_shape_{name}"]
+        assert row[f"delta__tumor__pyrad__original_shape_{name}"] == -base
+    assert np.isnan(row["followup__tumor__pyrad__original_shape_Sphericity"])
+    assert "followup__tumor__pyrad__original_firstorder_Mean" not in table.columns
+    assert row["followup__tumor__qc__absent"] and not row["baseline__tumor__qc__absent"]
+    assert not row["followup__tumor__qc__failed"]
+    assert row["followup__tumor__qc__mask"] == "given"
+    # The rings of the bed are the baseline tumour's rings (same grid, same tumour outline).
+    ring = "ring0to3mm__pyrad__original_shape_VoxelVolume"
+    assert row[f"followup__{ring}"] == row[f"baseline__{ring}"] > 0
+    assert not np.isnan(row["followup__ring0to3mm__pyrad__original_firstorder_Mean"])
+    assert io.read_tsv(tmp_path / "x.tsv").empty

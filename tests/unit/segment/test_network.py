@@ -392,3 +392,50 @@ def test_segmentation_qc_scores_the_label_and_the_true_geometry(pairs, tmp_path)
     )
     assert qc.loc["followup", "dice"] == 1.0  # label 7 (organ) is not counted
     assert 0 < qc.loc["followup", "dice_true_geometry"] < 1
+    assert qc["mask_given"].all()
+    # A scan without a drawn mask: no reference, only the true geometry (synthetic truth).
+    del named["ref__P1__followup"]
+    qc = segmentation_qc(qc_records(named), label=3).set_index("timepoint")
+    assert math.isnan(qc.loc["followup", "dice"]) and not qc.loc["followup", "mask_given"]
+    assert 0 < qc.loc["followup", "dice_true_geometry"] < 1
+
+
+def test_unlabelled_timepoints_add_no_segmentation_loss():
+    """Rows of a batch whose timepoint has no drawn mask are left out of that timepoint's loss
+    (nnU-Net's ignore handling); a timepoint with no labelled row adds nothing."""
+    from deltarad.segment.losses import deep_supervision_loss
+    from deltarad.segment.train import labelled_loss
+
+    gen = torch.Generator().manual_seed(0)
+    outputs = [torch.randn(3, 1, 8, 8, 8, generator=gen), torch.randn(3, 1, 4, 4, 4, generator=gen)]
+    target = (torch.rand(3, 1, 8, 8, 8, generator=gen) > 0.7).float()
+    some = torch.tensor([1.0, 0.0, 1.0])
+    expected = deep_supervision_loss([o[[0, 2]] for o in outputs], target[[0, 2]])
+    assert torch.allclose(labelled_loss(outputs, target, some), expected)
+    assert torch.allclose(
+        labelled_loss(outputs, target, torch.ones(3)), deep_supervision_loss(outputs, target)
+    )
+    assert labelled_loss(outputs, target, torch.zeros(3)) is None
+
+
+def test_training_with_unlabelled_followups(pairs, tmp_path):
+    """Follow-ups without a drawn mask train the network through their baselines only; Dice is
+    followed on labelled timepoints only."""
+    cases = [replace(c, follow_mask=None) if i % 2 else c for i, c in enumerate(pairs)]
+    meta = train_network(cases[:4], cases[4:], SEG_OUTCOME, "MR", SETTINGS, tmp_path, "cpu", seed=1)
+    history = pd.read_csv(tmp_path / "training_log.tsv", sep="\t")
+    assert np.isfinite(history["segmentation"]).all() and history["val_dice"].notna().all()
+    assert meta["validation_scan_dice"] is not None
+    # A segmenting preset needs patients with masks; outcome-only presets do not.
+    bare = [replace(c, base_mask=None, follow_mask=None) for c in pairs]
+    with pytest.raises(UserError, match="need at least 2"):
+        train_network(bare[:4], [], SEG_OUTCOME, "MR", SETTINGS, tmp_path / "b", "cpu")
+
+
+def test_split_leaves_registration_failures_out():
+    samples = pd.DataFrame(
+        {"patient_id": [f"P{i}" for i in range(8)], "center": ["C1"] * 6 + ["C2"] * 2}
+    )
+    split = split_patients(samples, ["C2"], 0.2, 0, excluded={"P1", "P6"})
+    assert split["P1"] == "excluded" and split["P6"] == "test"  # external: never trained on
+    assert sum(s in ("train", "val") for s in split.values()) == 5
