@@ -18,7 +18,7 @@ import jsonschema
 import pandas as pd
 
 from deltarad.config import known_centers, load_schema
-from deltarad.layout import BASELINE, NNUNET, SYNTHETIC_TIMEPOINTS, synthetic_patient_ids
+from deltarad.layout import BASELINE, NNUNET, synthetic_patient_ids, synthetic_timepoints
 from deltarad.runlog import UserError
 
 # The image modules (deltarad.io, deltarad.scanchecks: SimpleITK) are imported inside the
@@ -277,6 +277,15 @@ def validate_samples(
                     **where,
                 )
             )
+        if scan.timepoint.split("-")[0] in ("delta", "reldelta"):
+            problems.append(
+                Problem(
+                    f"timepoint name '{scan.timepoint}' is reserved: feature columns of changes "
+                    "start with delta / reldelta; rename the timepoint",
+                    column="timepoint",
+                    **where,
+                )
+            )
         if scan.timepoint == BASELINE and scan.days != 0:
             problems.append(
                 Problem(
@@ -480,7 +489,8 @@ def planned_scans(config: dict[str, Any]) -> pd.DataFrame:
     columns = ["patient_id", "timepoint"]
     if config["cohort"]["source"] == "synthetic":
         ids = synthetic_patient_ids(config["synthetic"])
-        rows = [(pid, tp) for pid in ids for tp in SYNTHETIC_TIMEPOINTS]
+        tps = synthetic_timepoints(config["synthetic"])
+        rows = [(pid, tp) for pid in ids for tp in tps]
         return pd.DataFrame(rows, columns=columns)
     try:
         df = read_sheet(config["cohort"]["samples"], columns)

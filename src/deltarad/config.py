@@ -112,6 +112,12 @@ def check_config(config: dict[str, Any]) -> list[str]:
     names = [c["name"] for c in config["synthetic"]["centers"]]
     if len(set(names)) != len(names):
         problems.append("config key 'synthetic.centers': centre names must be unique")
+    mid = config["synthetic"].get("mid_treatment_days")
+    if mid and not mid[0] <= mid[1] < config["synthetic"]["followup_days"][0]:
+        problems.append(
+            "config key 'synthetic.mid_treatment_days': must be [low, high] with low <= high "
+            f"and high before synthetic.followup_days starts, got {mid}"
+        )
     problems += _params_problems(config["features"]["params"])
     return problems
 

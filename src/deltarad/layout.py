@@ -24,8 +24,11 @@ from typing import Any
 from deltarad.runlog import UserError
 
 BASELINE = "baseline"
-# Timepoints of every synthetic patient (deltarad.synth.TIMEPOINTS).
-SYNTHETIC_TIMEPOINTS = (BASELINE, "followup")
+FOLLOWUP = "followup"
+# The optional mid-treatment timepoint of the synthetic cohort (synthetic.mid_treatment_days).
+MID = "mid"
+# Timepoints of every synthetic patient without a mid-treatment scan.
+SYNTHETIC_TIMEPOINTS = (BASELINE, FOLLOWUP)
 # The DeltaRad folder (where config/ lives): relative parameter files are also looked up here.
 REPO = Path(__file__).resolve().parents[2]
 # The segmentation method name of the nnU-Net v2 backend.
@@ -50,6 +53,14 @@ def synthetic_patient_ids(block: Mapping[str, Any]) -> list[str]:
     return [synthetic_patient_id(c["name"], i) for c in centers for i in range(per_center)]
 
 
+def synthetic_timepoints(block: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+    """Timepoints of every synthetic patient, in time order: baseline, `mid` (when
+    ``mid_treatment_days`` is set), followup."""
+    if (block or {}).get("mid_treatment_days"):
+        return (BASELINE, MID, FOLLOWUP)
+    return SYNTHETIC_TIMEPOINTS
+
+
 def image_relpath(patient_id: str, timepoint: str) -> str:
     return f"images/{patient_id}/{timepoint}.nii.gz"
 
@@ -58,26 +69,26 @@ def mask_relpath(patient_id: str, timepoint: str) -> str:
     return f"masks/{patient_id}/{timepoint}.nii.gz"
 
 
-def transform_relpath(patient_id: str) -> tuple[str, str]:
-    """(parameters JSON, deformation field) of the true follow-up -> baseline transform."""
+def transform_relpath(patient_id: str, timepoint: str = FOLLOWUP) -> tuple[str, str]:
+    """(parameters JSON, deformation field) of the true later scan -> baseline transform."""
     return (
-        f"truth/transforms/{patient_id}/followup.json",
-        f"truth/transforms/{patient_id}/followup_deformation.nii.gz",
+        f"truth/transforms/{patient_id}/{timepoint}.json",
+        f"truth/transforms/{patient_id}/{timepoint}_deformation.nii.gz",
     )
 
 
-def synthetic_patient_outputs(patient_id: str) -> list[str]:
+def synthetic_patient_outputs(patient_id: str, block: Mapping[str, Any] | None = None) -> list[str]:
     """Every file the simulation of one patient (:func:`deltarad.synth.simulate_patient`)
-    writes, relative to the cohort root."""
+    writes, relative to the cohort root (`block`: the config's ``synthetic`` block)."""
+    timepoints = synthetic_timepoints(block)
     files = []
-    for tp in SYNTHETIC_TIMEPOINTS:
+    for tp in timepoints:
         files += [image_relpath(patient_id, tp), mask_relpath(patient_id, tp)]
         files.append(f"truth/masks/{patient_id}/{tp}.nii.gz")
-    return files + [
-        f"truth/masks/{patient_id}/followup_in_baseline.nii.gz",
-        *transform_relpath(patient_id),
-        f"truth/patients/{patient_id}.json",
-    ]
+    for tp in timepoints[1:]:
+        files.append(f"truth/masks/{patient_id}/{tp}_in_baseline.nii.gz")
+        files += transform_relpath(patient_id, tp)
+    return files + [f"truth/patients/{patient_id}.json"]
 
 
 # --- the results tree ----------------------------------------------------------------------

@@ -184,12 +184,14 @@ class Anatomy:
         radial[near] += 0.12 * self.shape_field(local[near])
         return radial
 
-    def evaluate(self, pts: np.ndarray, timepoint: str) -> tuple[np.ndarray, np.ndarray]:
-        """Intensity (tissue units, before the scanner) and tumour mask at anatomical points."""
+    def evaluate(self, pts: np.ndarray, progress: float) -> tuple[np.ndarray, np.ndarray]:
+        """Intensity (tissue units, before the scanner) and tumour mask at anatomical points,
+        `progress` of the way through treatment (0: baseline, 1: follow-up; a mid-treatment scan
+        shows that share of the shrinkage and of the texture and ring change)."""
         t = TISSUES[self.contrast]
         gain = t["texture_gain"]
-        followup = timepoint == "followup"
-        scale = self.shrinkage if followup else 1.0
+        treated = progress > 0
+        scale = _toward(self.shrinkage, progress)
 
         x, y = pts[:, 0], pts[:, 1]
         outer = (x / self.body_axes[0]) ** 2 + (y / self.body_axes[1]) ** 2
@@ -211,7 +213,7 @@ class Anatomy:
 
         level = self.tumor_level(pts, scale)
         mask = level < 1.0
-        if followup and self.complete:
+        if progress == 1 and self.complete:
             # Complete response: no tumour left; its bed looks like the surrounding soft tissue
             # (fibrosis), the peritumoral changes around the bed remain.
             bed = mask & soft
@@ -221,8 +223,8 @@ class Anatomy:
         dist = (level - 1.0) * self.tumor_radius * scale
         ring = (dist > 0) & (dist < RING_REACH_MM) & (outer <= 1)
         peri_amp = max(0.0, 22.0 * (1.0 + 0.8 * self.z_peri)) * t["unit_gain"]
-        if followup:
-            peri_amp *= 1.1 - 0.7 * self.response_degree
+        if treated:
+            peri_amp *= _toward(1.1 - 0.7 * self.response_degree, progress)
         strands = 1.0 / (1.0 + np.exp(-3.0 * self.strand_field(pts[ring])))
         img[ring] += peri_amp * np.exp(-dist[ring] / 4.0) * (0.4 + strands)
 
@@ -231,10 +233,10 @@ class Anatomy:
         amp = float(np.clip(18.0 * (1.0 + 0.5 * self.z_tumor), 5.0, 45.0)) * gain
         base = t["tumor"]
         tex = self.texture_field(local)
-        if followup:
-            tex = 0.7 * tex + 0.3 * self.texture_field_followup(local)
-            amp *= 1.1 - 0.5 * self.response_degree
-            base -= 20.0 * self.response_degree * t["unit_gain"]
+        if treated:
+            tex = _toward(0.7, progress) * tex + 0.3 * progress * self.texture_field_followup(local)
+            amp *= _toward(1.1 - 0.5 * self.response_degree, progress)
+            base -= 20.0 * self.response_degree * t["unit_gain"] * progress
         radial = np.linalg.norm((local - self.tumor_center) @ self.tumor_axes_inv.T, axis=1)
         core = np.clip(1.0 - radial / 0.5, 0.0, 1.0) * 30.0 * max(self.z_tumor, 0.0) * gain
         img[mask] = base + amp * tex - core
@@ -257,6 +259,11 @@ def _draw_vessels(rng: np.random.Generator, inner: np.ndarray, fov: np.ndarray) 
             rng.uniform(1.5, 3.0, n),
         ]
     )
+
+
+def _toward(full: float, progress: float) -> float:
+    """A factor `progress` of the way from 1 to `full` (exactly `full` at 1)."""
+    return full if progress == 1 else 1.0 + progress * (full - 1.0)
 
 
 def draw_patient(cfg: SynthConfig, rng: np.random.Generator) -> tuple[Anatomy, dict]:

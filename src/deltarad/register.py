@@ -487,7 +487,7 @@ def register_scan(
     if truth:
         from deltarad.synth import load_true_transform
 
-        true_tx = load_true_transform(truth["cohort"], patient_id)
+        true_tx = load_true_transform(truth["cohort"], patient_id, timepoint)
         errors = target_registration_error(
             result.transform, true_tx, fixed, tre_region(fixed, modality, tumor)
         )

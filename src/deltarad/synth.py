@@ -43,16 +43,23 @@ from scipy import ndimage
 from deltarad import io
 from deltarad.cohort import SAMPLE_COLUMNS
 from deltarad.layout import (
+    BASELINE,
+    FOLLOWUP,
+    MID,
     SYNTHETIC_TIMEPOINTS,
     image_relpath,
     mask_relpath,
     synthetic_patient_id,
     synthetic_patient_outputs,
+    synthetic_timepoints,
     transform_relpath,
 )
 from deltarad.phantom import draw_misregistration, draw_patient, true_transform_from_parts
 
 TIMEPOINTS = SYNTHETIC_TIMEPOINTS
+# How far treatment has acted at each timepoint (0: none, 1: the follow-up's full response); the
+# mid-treatment scan shows half the shrinkage and texture change.
+PROGRESS = {BASELINE: 0.0, MID: 0.5, FOLLOWUP: 1.0}
 # Every file simulate_patient writes (the workflow declares them without importing this module).
 patient_outputs = synthetic_patient_outputs
 # Column order of the generated sheets (records round-trip through JSON with sorted keys).
@@ -106,6 +113,7 @@ class SynthConfig:
     shape: tuple[int, int, int] = (64, 64, 48)
     spacing: tuple[float, float, float] = (1.5, 1.5, 2.0)
     followup_days: tuple[int, int] = (60, 120)
+    mid_treatment_days: tuple[int, int] | None = None
     rotation_deg: float = 5.0
     translation_mm: float = 6.0
     deformation_mm: float = 3.0
@@ -141,6 +149,9 @@ class SynthConfig:
             shape=tuple(int(s) for s in block.get("shape", default.shape)),
             spacing=tuple(float(s) for s in block.get("spacing", default.spacing)),
             followup_days=tuple(int(d) for d in block.get("followup_days", default.followup_days)),
+            mid_treatment_days=tuple(int(d) for d in block["mid_treatment_days"])
+            if block.get("mid_treatment_days")
+            else None,
             rotation_deg=float(mis.get("rotation_deg", default.rotation_deg)),
             translation_mm=float(mis.get("translation_mm", default.translation_mm)),
             deformation_mm=float(mis.get("deformation_mm", default.deformation_mm)),
@@ -196,9 +207,11 @@ def _unit_hash(seed: int, patient_id: str) -> float:
 # --- the true transform (file layout of a generated cohort: deltarad.layout) ---------------
 
 
-def load_true_transform(root: str | Path, patient_id: str) -> sitk.Transform:
-    """The true transform resampling a patient's follow-up into its baseline space."""
-    params_path, field_path = (Path(root) / p for p in transform_relpath(patient_id))
+def load_true_transform(
+    root: str | Path, patient_id: str, timepoint: str = FOLLOWUP
+) -> sitk.Transform:
+    """The true transform resampling a patient's later scan into its baseline space."""
+    params_path, field_path = (Path(root) / p for p in transform_relpath(patient_id, timepoint))
     params = json.loads(params_path.read_text())
     return true_transform_from_parts(
         io.read_image(field_path),
@@ -256,6 +269,36 @@ def _scanner(
     return np.maximum(vol, 0.0).astype(np.float32)
 
 
+def _write_truth_in_baseline(
+    root: Path, pid: str, tp: str, anatomy: Any, motion: Any, grid: tuple[np.ndarray, ...]
+) -> None:
+    """A later scan's truth in baseline space: its tumour on the baseline grid, and its
+    misregistration G as parameters (JSON) and a displacement field."""
+    shape, spacing, origin = grid
+    _, mask_in_baseline = anatomy.evaluate(_grid_points(shape, spacing, origin), PROGRESS[tp])
+    io.write_image(
+        _to_image(mask_in_baseline.astype(np.uint8), shape, spacing, origin),
+        root / f"truth/masks/{pid}/{tp}_in_baseline.nii.gz",
+    )
+    params_rel, field_rel = transform_relpath(pid, tp)
+    io.write_image(motion.deformation_image(), root / field_rel)
+    io.write_json(
+        {
+            "maps": "baseline physical point x -> later-scan physical point (LPS, mm)",
+            "model": "G(x) = M (x + d(x) - c) + c + t; d: linear interpolation of the field",
+            "matrix": [round(float(v), 12) for v in motion.rotation.ravel()],
+            "rotation_deg_xyz": [round(float(a), 9) for a in motion.rotation_deg],
+            "translation_mm": [round(float(t), 9) for t in motion.translation_mm],
+            "center_mm": [float(c) for c in motion.center],
+            "deformation_peak_mm": round(
+                float(np.max(np.linalg.norm(motion.deformation.values, axis=0))), 6
+            ),
+            "deformation_field": Path(field_rel).name,
+        },
+        root / params_rel,
+    )
+
+
 def simulate_patient(cfg: SynthConfig, patient: Patient, root: str | Path) -> dict[str, Any]:
     """Generate one patient's scans, masks and truth under `root`; return its sheet rows.
 
@@ -269,23 +312,32 @@ def simulate_patient(cfg: SynthConfig, patient: Patient, root: str | Path) -> di
     root = Path(root)
     pid = patient.patient_id
     seq = np.random.SeedSequence([cfg.seed, patient.center_index, patient.patient_index])
-    rng_anatomy, rng_motion, rng_days, rng_noise_b, rng_noise_f = (
-        np.random.default_rng(s) for s in seq.spawn(5)
-    )
+    # Streams 5-7 (mid-treatment scan) were added later: spawning more children leaves the first
+    # five, and so every earlier file, unchanged.
+    rngs = [np.random.default_rng(s) for s in seq.spawn(8)]
+    rng_anatomy, rng_motion, rng_days, rng_noise_b, rng_noise_f = rngs[:5]
     anatomy, record = draw_patient(cfg, rng_anatomy)
-    motion = draw_misregistration(cfg, rng_motion)
-    days = int(rng_days.integers(cfg.followup_days[0], cfg.followup_days[1] + 1))
+    motions = {FOLLOWUP: draw_misregistration(cfg, rng_motion)}
+    days = {BASELINE: 0}
+    days[FOLLOWUP] = int(rng_days.integers(cfg.followup_days[0], cfg.followup_days[1] + 1))
+    noise = {BASELINE: rng_noise_b, FOLLOWUP: rng_noise_f}
+    if cfg.mid_treatment_days:
+        lo, hi = cfg.mid_treatment_days
+        motions[MID] = draw_misregistration(cfg, rngs[5])
+        days[MID] = int(rngs[6].integers(lo, hi + 1))
+        noise[MID] = rngs[7]
+    timepoints = synthetic_timepoints({"mid_treatment_days": cfg.mid_treatment_days})
 
     shape, spacing, origin = cfg.grid(patient.center)
     pts = _grid_points(shape, spacing, origin)
     volumes = {}
-    for tp, rng_noise in (("baseline", rng_noise_b), ("followup", rng_noise_f)):
-        anat_pts = pts if tp == "baseline" else motion.inverse(pts)
-        img, mask = anatomy.evaluate(anat_pts, tp)
-        if not mask.any() and not (tp == "followup" and anatomy.complete):
+    for tp in timepoints:
+        anat_pts = pts if tp == BASELINE else motions[tp].inverse(pts)
+        img, mask = anatomy.evaluate(anat_pts, PROGRESS[tp])
+        if not mask.any() and not (tp == FOLLOWUP and anatomy.complete):
             raise RuntimeError(f"{pid} {tp}: synthetic tumour is empty; raise tumor_radius_mm")
         image = _to_image(
-            _scanner(cfg, patient.center, img, shape, spacing, rng_noise), shape, spacing, origin
+            _scanner(cfg, patient.center, img, shape, spacing, noise[tp]), shape, spacing, origin
         )
         mask_img = _to_image(mask.astype(np.uint8), shape, spacing, origin)
         io.write_image(image, root / image_relpath(pid, tp))
@@ -293,29 +345,8 @@ def simulate_patient(cfg: SynthConfig, patient: Patient, root: str | Path) -> di
         io.write_image(mask_img, root / f"truth/masks/{pid}/{tp}.nii.gz")
         volumes[tp] = float(mask.sum() * np.prod(spacing))
 
-    # Truth in baseline space: the follow-up tumour, and G as a displacement field.
-    _, mask_fb = anatomy.evaluate(pts, "followup")
-    io.write_image(
-        _to_image(mask_fb.astype(np.uint8), shape, spacing, origin),
-        root / f"truth/masks/{pid}/followup_in_baseline.nii.gz",
-    )
-    io.write_image(motion.deformation_image(), root / transform_relpath(pid)[1])
-    io.write_json(
-        {
-            "maps": "baseline physical point x -> follow-up physical point (LPS, mm)",
-            "model": "G(x) = M (x + d(x) - c) + c + t; d: linear interpolation of the field",
-            "matrix": [round(float(v), 12) for v in motion.rotation.ravel()],
-            "rotation_deg_xyz": [round(float(a), 9) for a in motion.rotation_deg],
-            "translation_mm": [round(float(t), 9) for t in motion.translation_mm],
-            "center_mm": [float(c) for c in motion.center],
-            "deformation_peak_mm": round(
-                float(np.max(np.linalg.norm(motion.deformation.values, axis=0))), 6
-            ),
-            "deformation_field": Path(transform_relpath(pid)[1]).name,
-        },
-        root / transform_relpath(pid)[0],
-    )
-
+    for tp in timepoints[1:]:
+        _write_truth_in_baseline(root, pid, tp, anatomy, motions[tp], (shape, spacing, origin))
     modality = cfg.contrast
     unlabelled = pid in cfg.unlabelled_patients()
     samples = [
@@ -323,12 +354,12 @@ def simulate_patient(cfg: SynthConfig, patient: Patient, root: str | Path) -> di
             "patient_id": pid,
             "center": patient.center.name,
             "timepoint": tp,
-            "days": 0 if tp == "baseline" else days,
+            "days": days[tp],
             "modality": modality,
             "image": image_relpath(pid, tp),
-            "mask": None if unlabelled and tp != "baseline" else mask_relpath(pid, tp),
+            "mask": None if unlabelled and tp != BASELINE else mask_relpath(pid, tp),
         }
-        for tp in TIMEPOINTS
+        for tp in timepoints
     ]
     clinical = {"patient_id": pid, **record["clinical"]}
     latent = {

@@ -320,3 +320,11 @@ def test_validated_samples_read_once_per_file_version(tmp_path):
     rows = validated_scan_rows(path)
     assert sorted(rows) == [("P2", "baseline"), ("P2", "week6")]
     assert rows[("P2", "baseline")]["mask"] == "m.nii.gz"
+
+
+def test_timepoint_names_of_changes_are_reserved(tiny_cohort):
+    samples, _ = _sheets(tiny_cohort)
+    samples.loc[1, "timepoint"] = "delta-week6"
+    _write(tiny_cohort, samples)
+    problem = _one(_problems(tiny_cohort), "line 3", "patient C1-001", "column 'timepoint'")
+    assert "timepoint name 'delta-week6' is reserved" in problem

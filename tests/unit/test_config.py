@@ -45,6 +45,11 @@ def _write(tmp_path, data):
         ({"cohort": {"source": "sheets"}}, "'cohort.samples': required when cohort.source"),
         ({"synthetic": {"centers": [{"name": "A"}, {"name": "A"}]}}, "names must be unique"),
         (
+            {"synthetic": {"mid_treatment_days": [50, 70]}},
+            "'synthetic.mid_treatment_days': must be [low, high] with low <= high and high "
+            "before synthetic.followup_days starts, got [50, 70]",
+        ),
+        (
             {
                 "registration": {
                     "affine": {"shrink": [2, 1], "smoothing_mm": [1.0], "iterations": 5}

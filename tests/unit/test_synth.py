@@ -262,3 +262,41 @@ def test_post_treatment_oracle_is_bayes_and_beats_the_pre_treatment_one():
     from sklearn.metrics import roc_auc_score
 
     assert roc_auc_score(y, post) > roc_auc_score(y, eta) + 0.04
+
+
+def test_mid_treatment_scan_adds_a_timepoint_and_changes_nothing_else(
+    tiny_synth, tiny_cohort_ro, tmp_path
+):
+    """`mid_treatment_days` adds timepoint `mid` (half the response, its own misregistration,
+    its truth) from new random streams: the baseline and follow-up files stay byte-identical."""
+    from deltarad.layout import synthetic_timepoints
+
+    cfg = dataclasses.replace(tiny_synth, mid_treatment_days=(20, 45))
+    patient = next(p for p in cfg.patients() if p.patient_id == "C1-002")
+    record = simulate_patient(cfg, patient, tmp_path)
+    block = {"mid_treatment_days": [20, 45]}
+    assert synthetic_timepoints(block) == ("baseline", "mid", "followup")
+    files = patient_outputs("C1-002", block)
+    assert all((tmp_path / rel).is_file() for rel in files)
+    for rel in patient_outputs("C1-002"):
+        if not rel.startswith("truth/patients"):
+            assert io.sha256(tmp_path / rel) == io.sha256(tiny_cohort_ro / rel), rel
+    days = {s["timepoint"]: s["days"] for s in record["samples"]}
+    assert 20 <= days["mid"] <= 45 < days["followup"]
+
+    def volume(tp: str) -> int:
+        return int(
+            sitk.GetArrayFromImage(io.read_image(tmp_path / f"masks/C1-002/{tp}.nii.gz")).sum()
+        )
+
+    assert volume("followup") < volume("mid") < volume("baseline")  # C1-002 responds
+    truth = tmp_path / "truth/masks/C1-002"
+    warped = sitk.Resample(
+        io.read_image(truth / "mid.nii.gz"),
+        io.read_image(truth / "mid_in_baseline.nii.gz"),
+        load_true_transform(tmp_path, "C1-002", "mid"),
+        sitk.sitkNearestNeighbor,
+    )
+    a = sitk.GetArrayFromImage(warped).astype(bool)
+    b = sitk.GetArrayFromImage(io.read_image(truth / "mid_in_baseline.nii.gz")).astype(bool)
+    assert a.sum() > 0 and _within_one_voxel(a, b)

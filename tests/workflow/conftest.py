@@ -13,10 +13,12 @@ import pytest
 from tests.conftest import CONFIGS, REPO
 
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+# The shared run's configuration: the tiny cohort with a third (mid-treatment) timepoint.
+RUN_CONFIGS = (*CONFIGS, Path(__file__).with_name("longitudinal.yaml"))
 
 
-def snakemake(workdir: Path, *args: str, configs=CONFIGS) -> subprocess.CompletedProcess:
-    """Run the workflow in `workdir` with the tiny configuration (plus `configs` overrides).
+def snakemake(workdir: Path, *args: str, configs=RUN_CONFIGS) -> subprocess.CompletedProcess:
+    """Run the workflow in `workdir` with the shared run's configuration (or `configs`).
     Targets and flags go first: --configfile takes every argument after it."""
     cmd = [
         str(SNAKEMAKE),

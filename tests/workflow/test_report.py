@@ -10,8 +10,7 @@ import yaml
 from matplotlib.image import imread
 
 from deltarad.report import find_chromium, inspect_report
-from tests.conftest import CONFIGS
-from tests.workflow.conftest import snakemake
+from tests.workflow.conftest import RUN_CONFIGS, snakemake
 
 pytestmark = pytest.mark.workflow
 FIGURE_JOBS = re.compile(r"^(figure_\w+|table1|figures)$")
@@ -70,7 +69,7 @@ def test_restyle_reruns_only_figure_jobs(finished_run, tmp_path):
     The shared run is put back to the default style at the end."""
     style = tmp_path / "style.yaml"
     style.write_text(yaml.safe_dump({"figures": {"style": {"font_size": 9, "width_mm": 88}}}))
-    configs = (*CONFIGS, style)
+    configs = (*RUN_CONFIGS, style)
     # The default target too: nothing upstream depends on the figures block.
     plan = snakemake(finished_run, "-n", configs=configs)
     assert plan.returncode == 0, plan.stderr[-3000:]

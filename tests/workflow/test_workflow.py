@@ -13,7 +13,7 @@ from deltarad import io
 from deltarad.cohort import SAMPLE_COLUMNS
 from deltarad.qc import REGISTRATION_QC_COLUMNS
 from tests.conftest import CONFIGS
-from tests.workflow.conftest import snakemake
+from tests.workflow.conftest import RUN_CONFIGS, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -22,7 +22,11 @@ def test_tiny_workflow_writes_the_contract_outputs(finished_run, tiny_cohort_ro)
     results = finished_run / "results"
     samples = io.read_tsv(results / "tables/samples.validated.tsv")
     assert list(samples.columns) == SAMPLE_COLUMNS
-    assert len(samples) == 12 and samples["patient_id"].nunique() == 6
+    # Three timepoints (tests/workflow/longitudinal.yaml adds the mid-treatment scan).
+    assert len(samples) == 18 and samples["patient_id"].nunique() == 6
+    assert samples.groupby("patient_id")["timepoint"].agg(list).map(tuple).unique().tolist() == [
+        ("baseline", "mid", "followup")
+    ]
     assert samples["image"].str.startswith("results/cohort/images/").all()
     # The workflow's per-patient generation equals the serial CLI generation, byte for byte.
     for rel in ("images/C2-003/followup.nii.gz", "truth/latent.tsv", "clinical.tsv"):
@@ -45,28 +49,36 @@ def test_registration_outputs_and_qc(finished_run):
         "mask_dice",
         "seconds",
     ]
-    assert len(qc) == 6 and set(qc["timepoint"]) == {"followup"}
+    # Every later scan (mid and followup) registered onto its baseline, scored against its truth.
+    assert len(qc) == 12 and set(qc["timepoint"]) == {"mid", "followup"}
     tre = qc["tre_mm"].astype(float)
-    assert tre.median() < 3.0  # 1 voxel of the tiny cohort's 3 mm grid
-    # Mask Dice where a non-empty follow-up mask was drawn (C1-002, C1-003); NA where none was
-    # drawn (C1-001, C2-001, C2-002) or it is empty (C2-003, complete response).
-    dice = qc.set_index("patient_id")["mask_dice"].astype(float)
-    assert (dice[["C1-002", "C1-003"]] > 0.7).all() and dice.isna().sum() == 4
-    drawn = {"C1-002", "C1-003", "C2-003"}
-    for pid in qc["patient_id"]:
+    assert tre.notna().all() and tre.median() < 3.0  # 1 voxel of the tiny cohort's 3 mm grid
+    # Mask Dice where a non-empty later mask was drawn (C1-002, C1-003, and C2-003's mid); NA
+    # where none was drawn (C1-001, C2-001, C2-002) or it is empty (C2-003's follow-up: complete
+    # response).
+    dice = qc.set_index(["patient_id", "timepoint"])["mask_dice"].astype(float)
+    drawn = {(p, t) for p in ("C1-002", "C1-003", "C2-003") for t in ("mid", "followup")}
+    scored = drawn - {("C2-003", "followup")}
+    assert (dice[sorted(scored)] > 0.7).all() and dice.isna().sum() == 12 - len(scored)
+    for pid, tp in qc[["patient_id", "timepoint"]].itertuples(index=False):
         base = io.read_image(results / f"preprocessed/{pid}/baseline.nii.gz")
-        reg = io.read_image(results / f"registered/{pid}/followup.nii.gz")
+        reg = io.read_image(results / f"registered/{pid}/{tp}.nii.gz")
         assert io.Geometry.of(reg).mismatches(io.Geometry.of(base)) == []
-        # The drawn follow-up mask is propagated (QC); none is made up where none was drawn.
-        assert (results / f"registered/{pid}/followup_mask.nii.gz").exists() == (pid in drawn)
-        assert (results / f"figures/qc/registration/{pid}_followup.png").is_file()
+        # The drawn later mask is propagated (QC); none is made up where none was drawn.
+        assert (results / f"registered/{pid}/{tp}_mask.nii.gz").exists() == ((pid, tp) in drawn)
+        assert (results / f"figures/qc/registration/{pid}_{tp}.png").is_file()
 
 
 def test_features_table(finished_run):
     table = pd.read_parquet(finished_run / "results/features/features.parquet")
     assert len(table) == 6 and table.columns[0] == "patient_id"
     timepoints = {c.split("__")[0] for c in table.columns[1:]}
-    assert timepoints == {"baseline", "followup", "delta", "reldelta"}
+    assert timepoints == {
+        "baseline", "mid", "followup",
+        "delta", "reldelta",  # followup - baseline (the contract's names)
+        "delta-mid", "reldelta-mid",  # mid - baseline
+        "delta-followup-from-mid", "reldelta-followup-from-mid",  # features.delta_previous
+    }  # fmt: skip
     assert "baseline__tumor__pyrad__original_firstorder_Mean" in table.columns
 
 
@@ -169,9 +181,9 @@ def test_segmentation_jobs_request_a_gpu_only_for_cuda(finished_run, tmp_path):
     cuda.write_text(yaml.safe_dump({"segmentation": {"device": "cuda"}}))
     # The device is not a training parameter (moving to a GPU must not retrain): force the plan.
     force = ("-n", "--forcerun", "segment_train")
-    unforced = snakemake(finished_run, "-n", configs=(*CONFIGS, cuda))
+    unforced = snakemake(finished_run, "-n", configs=(*RUN_CONFIGS, cuda))
     assert unforced.returncode == 0 and "rule segment_train:" not in unforced.stdout
-    plan = snakemake(finished_run, *force, configs=(*CONFIGS, cuda))
+    plan = snakemake(finished_run, *force, configs=(*RUN_CONFIGS, cuda))
     assert plan.returncode == 0, plan.stderr[-3000:]
     jobs = planned_job_blocks(plan.stdout)
     train = [j for j in jobs if "rule segment_train:" in j]
@@ -187,7 +199,7 @@ def test_segmentation_jobs_request_a_gpu_only_for_cuda(finished_run, tmp_path):
 def test_predicted_masks_feed_the_features_when_asked(finished_run, tmp_path):
     predicted = tmp_path / "predicted.yaml"
     predicted.write_text(yaml.safe_dump({"segmentation": {"masks": "predicted"}}))
-    plan = snakemake(finished_run, "-n", configs=(*CONFIGS, predicted))
+    plan = snakemake(finished_run, "-n", configs=(*RUN_CONFIGS, predicted))
     assert plan.returncode == 0, plan.stderr[-3000:]
     jobs = [j for j in planned_job_blocks(plan.stdout) if "rule features_patient:" in j]
     assert len(jobs) == 6
@@ -201,7 +213,7 @@ def test_nnunet_backend_jobs_and_pretrained_model(finished_run, tmp_path):
     to end in tests/unit/segment/test_nnunet.py.)"""
     nnunet = tmp_path / "nnunet.yaml"
     nnunet.write_text(yaml.safe_dump({"segmentation": {"methods": ["rpnet", "nnunet"]}}))
-    plan = snakemake(finished_run, "-n", configs=(*CONFIGS, nnunet))
+    plan = snakemake(finished_run, "-n", configs=(*RUN_CONFIGS, nnunet))
     assert plan.returncode == 0, plan.stderr[-3000:]
     for rule in ("nnunet_export", "nnunet_plan", "nnunet_train", "nnunet_predict"):
         assert f"rule {rule}:" in plan.stdout, rule
@@ -214,7 +226,7 @@ def test_nnunet_backend_jobs_and_pretrained_model(finished_run, tmp_path):
         )
     )
     target = "results/tables/segmentation_qc.tsv"
-    plan = snakemake(finished_run, "-n", target, configs=(*CONFIGS, pretrained))
+    plan = snakemake(finished_run, "-n", target, configs=(*RUN_CONFIGS, pretrained))
     assert plan.returncode != 0  # the model folder "m" does not exist
     assert "rule nnunet_train:" not in plan.stdout and "rule nnunet_export:" not in plan.stdout
     text = plan.stdout + plan.stderr
@@ -231,7 +243,7 @@ def test_gate_drops_patients_and_the_rest_finish(finished_run, tmp_path):
     strict.write_text(
         yaml.safe_dump({"registration": {"gate": {"max_displacement_mm": threshold}}})
     )
-    configs = (*CONFIGS, strict)
+    configs = (*RUN_CONFIGS, strict)
     plan = snakemake(finished_run, "-n", configs=configs)
     assert plan.returncode == 0
     assert "register " not in plan.stdout and "registration_qc" in plan.stdout

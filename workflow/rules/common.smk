@@ -67,7 +67,7 @@ def clinical_sheet():
 
 def synthetic_patient_outputs(pattern):
     """Files of one synthetic patient (pattern `{patient}`) under the cohort folder."""
-    return [COHORT / f for f in patient_outputs(pattern)]
+    return [COHORT / f for f in patient_outputs(pattern, config["synthetic"])]
 
 
 def validated_table():
@@ -213,7 +213,7 @@ def registration_inputs(wildcards):
     if SYNTHETIC:
         truth = COHORT / "truth"
         files["truth_mask"] = truth / f"masks/{pid}/{tp}_in_baseline.nii.gz"
-        files["truth_transform"] = truth / f"transforms/{pid}/followup.json"
+        files["truth_transform"] = truth / f"transforms/{pid}/{tp}.json"
     return files
 
 

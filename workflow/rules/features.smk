@@ -6,9 +6,10 @@ from deltarad.layout import resolve_params
 FEATURE_PARAMS = resolve_params(config["features"]["params"])
 # The tumour label of the drawn masks (predicted masks are 0/1; params `masks` says which is which).
 FEATURE_MASK_LABEL = config["validation"]["mask_label"]
-# Handcrafted jobs see everything but the deep block: changing deep settings reruns only those.
+# Handcrafted jobs see everything but the deep block (changing deep settings reruns only those)
+# and the merge's delta_previous.
 HANDCRAFTED_SETTINGS = {
-    **{k: v for k, v in config["features"].items() if k != "deep"},
+    **{k: v for k, v in config["features"].items() if k not in ("deep", "delta_previous")},
     "mask_label": FEATURE_MASK_LABEL,
 }
 
@@ -105,6 +106,7 @@ rule features_merge:
             RESULTS / "features/patients/{patient}.failures.tsv", patient=PATIENTS
         ),
         excluded=RESULTS / "qc/failures_registration.tsv",
+        samples=RESULTS / "tables/samples.validated.tsv",
     output:
         table=RESULTS / "features/features.parquet",
         failures=RESULTS / "qc/failures_features.tsv",
@@ -118,5 +120,6 @@ rule features_merge:
         runtime=10,
     params:
         reldelta=config["features"]["reldelta"],
+        previous=config["features"]["delta_previous"],
     script:
         "../scripts/features_merge.py"

@@ -12,4 +12,6 @@ with log_to(snakemake.log[0]):
         excluded=snakemake.input.excluded,
         rel_floor=snakemake.params.reldelta["rel_floor"],
         abs_floor=snakemake.params.reldelta["abs_floor"],
+        samples=snakemake.input.samples,
+        previous=snakemake.params.previous,
     )

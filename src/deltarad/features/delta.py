@@ -1,4 +1,7 @@
-"""Change between timepoints: absolute (followup - baseline) and relative, safely.
+"""Change between timepoints: absolute (later - earlier) and relative, safely.
+
+Every later timepoint is compared with the baseline (and optionally with the timepoint before
+it); :func:`delta_names` names the columns.
 
 Relative change ``(f - b) / |b|`` explodes where the baseline is near zero (skewness, a
 correlation, a wavelet mean), which makes it a false "strong" signal. The rule here: per
@@ -14,6 +17,8 @@ Example:
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,31 +39,66 @@ def relative_change(
     return out.mask(near_zero | b.isna() | f.isna())
 
 
+def delta_names(timepoint: str, reference: str = "baseline") -> tuple[str, str]:
+    """Timepoint parts of the columns holding the change from `reference` to `timepoint`:
+    ``delta`` / ``reldelta`` for followup against baseline (the output contract's names),
+    ``delta-{timepoint}`` / ``reldelta-{timepoint}`` for another later timepoint against the
+    baseline, and ``…-{timepoint}-from-{reference}`` against another timepoint.
+
+    Example:
+        >>> delta_names("followup"), delta_names("mid")
+        (('delta', 'reldelta'), ('delta-mid', 'reldelta-mid'))
+        >>> delta_names("followup", "mid")
+        ('delta-followup-from-mid', 'reldelta-followup-from-mid')
+    """
+    if reference == "baseline":
+        suffix = "" if timepoint == "followup" else f"-{timepoint}"
+    else:
+        suffix = f"-{timepoint}-from-{reference}"
+    return f"delta{suffix}", f"reldelta{suffix}"
+
+
+def is_change(timepoint: str) -> bool:
+    """Whether a column's timepoint part names a change (delta, reldelta and their variants)."""
+    return timepoint.split("-")[0] in ("delta", "reldelta")
+
+
 def add_deltas(
     table: pd.DataFrame,
-    baseline: str = "baseline",
-    followup: str = "followup",
+    timepoints: Sequence[str] | None = None,
+    previous: bool = False,
     rel_floor: float = 0.01,
     abs_floor: float = 1e-9,
     skip_sources: tuple[str, ...] = ("qc",),
+    baseline: str = "baseline",
 ) -> pd.DataFrame:
-    """Append ``delta__…`` and ``reldelta__…`` for every feature present at both timepoints."""
-    new: dict[str, pd.Series] = {}
-    for col in table.columns:
-        parts = col.split(SEP)
-        if len(parts) != 4 or parts[0] != baseline or parts[2] in skip_sources:
-            continue
-        other = SEP.join([followup, *parts[1:]])
-        if other not in table.columns:
-            continue
-        b = pd.to_numeric(table[col], errors="coerce").astype(float)
-        f = pd.to_numeric(table[other], errors="coerce").astype(float)
-        rest = SEP.join(parts[1:])
-        new[f"delta{SEP}{rest}"] = f - b
-        new[f"reldelta{SEP}{rest}"] = relative_change(b, f, rel_floor, abs_floor)
-    if not new:
+    """Append the change of every feature present at both ends: each later timepoint against
+    the baseline (:func:`delta_names`) and, with `previous`, against the timepoint before it.
+
+    `timepoints`: the scan timepoints in time order (default: ``baseline, followup``).
+    """
+    timepoints = list(timepoints or [baseline, "followup"])
+    later = [tp for tp in timepoints if tp != baseline]
+    pairs = [(baseline, tp) for tp in later]
+    if previous:
+        pairs += list(zip(later, later[1:], strict=False))
+    columns = set(table.columns)
+    deltas: dict[str, pd.Series] = {}
+    relative: dict[str, pd.Series] = {}
+    for reference, tp in pairs:
+        name, relname = delta_names(tp, reference)
+        for col in table.columns:
+            parts = col.split(SEP)
+            if len(parts) != 4 or parts[0] != reference or parts[2] in skip_sources:
+                continue
+            other = SEP.join([tp, *parts[1:]])
+            if other not in columns:
+                continue
+            b = pd.to_numeric(table[col], errors="coerce").astype(float)
+            f = pd.to_numeric(table[other], errors="coerce").astype(float)
+            rest = SEP.join(parts[1:])
+            deltas[f"{name}{SEP}{rest}"] = f - b
+            relative[f"{relname}{SEP}{rest}"] = relative_change(b, f, rel_floor, abs_floor)
+    if not deltas:
         return table
-    deltas = pd.DataFrame(new, index=table.index)
-    order = [c for c in deltas.columns if c.startswith("delta")]
-    order += [c for c in deltas.columns if c.startswith("reldelta")]
-    return pd.concat([table, deltas[order]], axis=1)
+    return pd.concat([table, pd.DataFrame({**deltas, **relative}, index=table.index)], axis=1)

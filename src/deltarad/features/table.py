@@ -30,6 +30,7 @@ from deltarad.features.handcrafted import (
     read_scan,
 )
 from deltarad.features.regions import TUMOR, parse_rings, region_name, series_regions
+from deltarad.layout import BASELINE
 
 STAGE = "features"
 FAILURE_COLUMNS = ["patient_id", "stage", "error"]
@@ -186,6 +187,18 @@ def _order(columns: Sequence[str], timepoints: Sequence[str]) -> list[str]:
     return sorted((c for c in columns if c != "patient_id"), key=key)
 
 
+def chronological(timepoints: Sequence[str], samples: str | Path | None = None) -> list[str]:
+    """Timepoints in time order: baseline first, then by median days in the validated sheet
+    (without it, as given)."""
+    order = {tp: float(i) for i, tp in enumerate(timepoints)}
+    if samples is not None:
+        table = io.read_tsv(samples)
+        days = pd.to_numeric(table["days"], errors="coerce").groupby(table["timepoint"]).median()
+        order = {tp: float(days.get(tp, len(timepoints) + order[tp])) for tp in timepoints}
+    order[BASELINE] = -1.0
+    return sorted(timepoints, key=lambda tp: (order[tp], tp))
+
+
 def merge_features(
     partials: Iterable[str | Path],
     failure_partials: Iterable[str | Path],
@@ -194,11 +207,14 @@ def merge_features(
     excluded: str | Path | None = None,
     rel_floor: float = 0.01,
     abs_floor: float = 1e-9,
+    samples: str | Path | None = None,
+    previous: bool = False,
 ) -> pd.DataFrame:
     """features.parquet (one row per patient, deltas added) and the stage's failure table.
 
     Patients listed in ``excluded`` (a failures table of an earlier stage, e.g. registration)
-    are left out of both.
+    are left out of both. `samples` (the validated sheet) orders the timepoints in time (by
+    their median days), which `previous` deltas (each timepoint against the one before) need.
     """
     drop: set[str] = set()
     if excluded is not None and Path(excluded).stat().st_size > 0:
@@ -215,15 +231,13 @@ def merge_features(
         tp = col.split(SEP)[0]
         if col != "patient_id" and tp not in timepoints:
             timepoints.append(tp)
-    if "baseline" in timepoints:
-        timepoints.remove("baseline")
-        timepoints.insert(0, "baseline")
+    timepoints = chronological(timepoints, samples)
     table = table[["patient_id", *_order(table.columns, timepoints)]]
     flags = [c for c in table.columns if c.endswith(f"{SEP}qc{SEP}failed")]
     table[flags] = table[flags].fillna(True).astype(bool)  # a missing timepoint failed
     absent = [c for c in table.columns if c.endswith(f"{SEP}qc{SEP}absent")]
     table[absent] = table[absent].fillna(False).astype(bool)
-    table = add_deltas(table, rel_floor=rel_floor, abs_floor=abs_floor)
+    table = add_deltas(table, timepoints, previous, rel_floor=rel_floor, abs_floor=abs_floor)
     qc = [c for c in table.columns if SEP + "qc" + SEP in c]
     table = table[[c for c in table.columns if c not in qc] + qc]
     table = table.sort_values("patient_id").reset_index(drop=True)

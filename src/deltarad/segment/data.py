@@ -30,7 +30,7 @@ class PairCase:
     response: float = math.nan
     time: float = math.nan
     event: float = math.nan
-    # Only one pair per patient carries its outcome (the first later timepoint).
+    # Only one pair per patient carries its outcome (the last later timepoint: post-treatment).
     carries_outcome: bool = True
     # The tumour label of the masks (others, e.g. an organ, are background).
     label: int = 1

@@ -65,8 +65,13 @@ def split_patients(
 
 
 def patient_timepoints(samples: pd.DataFrame, patient: str) -> list[str]:
-    tps = samples.loc[samples["patient_id"] == patient, "timepoint"].tolist()
-    return [BASELINE] + sorted(tp for tp in tps if tp != BASELINE)
+    """A patient's timepoints in time order (baseline, then by days)."""
+    rows = samples.loc[samples["patient_id"] == patient, ["timepoint", "days"]]
+    later = rows[rows["timepoint"] != BASELINE]
+    order = later.assign(d=pd.to_numeric(later["days"], errors="coerce")).sort_values(
+        ["d", "timepoint"]
+    )
+    return [BASELINE] + order["timepoint"].tolist()
 
 
 def pair_cases(
@@ -77,7 +82,8 @@ def pair_cases(
     with_masks: bool = True,
     label: int = 1,
 ) -> list[PairCase]:
-    """(baseline, later timepoint) pairs of `patients`; the first later one carries the outcome.
+    """(baseline, later timepoint) pairs of `patients`; the last later one (the post-treatment
+    scan) carries the outcome.
     With `with_masks`, a scan's mask (on the baseline grid) is included where the sheet has a
     drawn one, None elsewhere."""
     cases = []
@@ -98,7 +104,7 @@ def pair_cases(
             for key in outcome:
                 value = pd.to_numeric(clin.loc[pid, key], errors="coerce")
                 outcome[key] = float(value) if pd.notna(value) else math.nan
-        for i, tp in enumerate(tps[1:]):
+        for tp in tps[1:]:
             img, mask = scan_paths(results, pid, tp)
             cases.append(
                 PairCase(
@@ -108,7 +114,7 @@ def pair_cases(
                     img,
                     base_mask if (pid, BASELINE) in drawn else None,
                     mask if (pid, tp) in drawn else None,
-                    carries_outcome=(i == 0),
+                    carries_outcome=(tp == tps[-1]),
                     label=label,
                     **outcome,
                 )  # fmt: skip

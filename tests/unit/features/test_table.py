@@ -132,6 +132,42 @@ def test_relative_change_is_na_near_a_zero_baseline():
     np.testing.assert_allclose(out["delta__tumor__pyrad__x"][:4], [10, 25, 4.7, 1])
 
 
+def test_three_timepoints_give_changes_against_baseline_and_previous(tmp_path):
+    """Every later timepoint against the baseline; with `previous` also against the timepoint
+    before it, in time order from the validated sheet (median days), not name order."""
+    table = pd.DataFrame(
+        {
+            "patient_id": ["A", "B"],
+            "baseline__tumor__pyrad__x": [10.0, 20.0],
+            "week6__tumor__pyrad__x": [8.0, 10.0],
+            "end__tumor__pyrad__x": [4.0, 5.0],
+        }
+    )
+    samples = pd.DataFrame(
+        {"timepoint": ["baseline", "week6", "end"] * 2, "days": [0, 42, 120, 0, 40, 130]}
+    )
+    io.write_table(samples, tmp_path / "s.tsv")
+    order = delta.add_deltas(table, ["baseline", "week6", "end"], previous=True)
+    assert list(order.columns[4:]) == [
+        "delta-week6__tumor__pyrad__x",
+        "delta-end__tumor__pyrad__x",
+        "delta-end-from-week6__tumor__pyrad__x",
+        "reldelta-week6__tumor__pyrad__x",
+        "reldelta-end__tumor__pyrad__x",
+        "reldelta-end-from-week6__tumor__pyrad__x",
+    ]
+    np.testing.assert_allclose(order["delta-end-from-week6__tumor__pyrad__x"], [-4.0, -5.0])
+    np.testing.assert_allclose(order["reldelta-end__tumor__pyrad__x"], [-0.6, -0.75])
+    from deltarad.features.table import chronological
+
+    assert chronological(["end", "baseline", "week6"], tmp_path / "s.tsv") == [
+        "baseline",
+        "week6",
+        "end",
+    ]
+    assert delta.delta_names("followup") == ("delta", "reldelta")
+
+
 def test_complete_response_has_defined_shape_and_rings_around_the_bed(
     tiny_cohort_ro, settings, tmp_path
 ):
