@@ -85,7 +85,6 @@ class ValidationSettings:
     def from_config(cls, config: dict[str, Any]) -> ValidationSettings:
         v = config["validation"]
         tol = v["geometry_tolerance"]
-        seg = config.get("segmentation") or {}
         return cls(
             mask_label=int(v["mask_label"]),
             extra_mask_labels=tuple(int(x) for x in v["extra_mask_labels"]),
@@ -94,11 +93,22 @@ class ValidationSettings:
             direction=float(tol["direction"]),
             min_mask_voxels=int(v["min_mask_voxels"]),
             centers=tuple(known_centers(config)),
-            masks=effective_mask_policy(config),
-            pretrained_masks=NNUNET in seg.get("methods", [])
-            and bool((seg.get("nnunet") or {}).get("pretrained")),
             external_centers=tuple(config["study"]["external_centers"]),
+            **mask_policy(config),
         )
+
+
+def mask_policy(config: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`ValidationSettings` fields that come from the segmentation block. The
+    workflow's validation job reads them from the config rather than from its params, so that
+    switching the mask policy or adding a pretrained model does not rerun validation (and with it
+    every job); the input functions check the policy again when they build the plan."""
+    seg = config.get("segmentation") or {}
+    pretrained = bool((seg.get("nnunet") or {}).get("pretrained"))
+    return {
+        "masks": effective_mask_policy(config),
+        "pretrained_masks": NNUNET in seg.get("methods", []) and pretrained,
+    }
 
 
 def effective_mask_policy(config: dict[str, Any]) -> str:
@@ -277,11 +287,14 @@ def validate_samples(
                     **where,
                 )
             )
-        if scan.timepoint.split("-")[0] in ("delta", "reldelta"):
+        if scan.timepoint.split("-")[0] in ("delta", "reldelta") or scan.timepoint.endswith(
+            "_mask"
+        ):
             problems.append(
                 Problem(
                     f"timepoint name '{scan.timepoint}' is reserved: feature columns of changes "
-                    "start with delta / reldelta; rename the timepoint",
+                    "start with delta / reldelta, and `{timepoint}_mask` names mask files; "
+                    "rename the timepoint",
                     column="timepoint",
                     **where,
                 )

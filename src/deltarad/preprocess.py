@@ -8,19 +8,16 @@ transform estimated on preprocessed scans maps the same physical points as on th
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
-from scipy import ndimage
 
 from deltarad import io
-
-# Body threshold per modality (image units before normalisation): air is below it.
-BODY_THRESHOLD = {"CT": -500.0, "MR": None, "PET": None}
+from deltarad.body import DEFAULT_THRESHOLDS, Threshold, body_mask
 
 
 @dataclass(frozen=True)
@@ -33,6 +30,8 @@ class PreprocessSettings:
     mr_n4: bool = False
     crop: bool = False
     crop_margin_mm: float = 10.0
+    # Per modality (deltarad.body): one body definition for every stage.
+    body_threshold: dict[str, Threshold] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
 
     @classmethod
     def from_config(cls, block: dict[str, Any], fingerprint: dict | None = None) -> Any:
@@ -49,27 +48,8 @@ class PreprocessSettings:
             mr_n4=bool(block.get("mr_n4", False)),
             crop=bool(block.get("crop", False)),
             crop_margin_mm=float(block.get("crop_margin_mm", 10.0)),
+            body_threshold=dict(block.get("body_threshold") or DEFAULT_THRESHOLDS),
         )
-
-
-def body_mask(image: sitk.Image, modality: str) -> sitk.Image:
-    """The patient's body: above the modality's air threshold (Otsu for MR/PET), the largest
-    connected component, holes filled slice by slice."""
-    arr = sitk.GetArrayFromImage(image).astype(np.float32)
-    threshold = BODY_THRESHOLD.get(modality)
-    if threshold is None:
-        otsu = sitk.OtsuThresholdImageFilter()
-        otsu.Execute(sitk.Cast(image, sitk.sitkFloat32))
-        threshold = otsu.GetThreshold()
-    fg = arr > threshold
-    labels, n = ndimage.label(fg)
-    if n > 1:
-        sizes = ndimage.sum(fg, labels, range(1, n + 1))
-        fg = labels == (int(np.argmax(sizes)) + 1)
-    fg = np.stack([ndimage.binary_fill_holes(s) for s in fg])
-    out = sitk.GetImageFromArray(fg.astype(np.uint8))
-    out.CopyInformation(image)
-    return out
 
 
 def resample_to_spacing(
@@ -134,7 +114,7 @@ def normalize(
             record["ct_window"] = [lo, hi]
         return image, record
     if modality == "MR":
-        body = body_mask(image, modality)
+        body = body_mask(image, modality, settings.body_threshold)
         if settings.mr_n4:
             n4 = sitk.N4BiasFieldCorrectionImageFilter()
             image = n4.Execute(sitk.Cast(image, sitk.sitkFloat32), body)
@@ -153,10 +133,14 @@ def normalize(
 
 
 def crop_to_body(
-    image: sitk.Image, mask: sitk.Image | None, modality: str, margin_mm: float
+    image: sitk.Image,
+    mask: sitk.Image | None,
+    modality: str,
+    margin_mm: float,
+    thresholds: dict[str, Threshold] | None = None,
 ) -> tuple[sitk.Image, sitk.Image | None, list[int]]:
     """Crop to the body's bounding box plus a margin; returns (image, mask, [x0,y0,z0,x1,y1,z1])."""
-    body = sitk.GetArrayFromImage(body_mask(image, modality))
+    body = sitk.GetArrayFromImage(body_mask(image, modality, thresholds))
     idx = np.argwhere(body > 0)
     if len(idx) == 0:
         return image, mask, [0, 0, 0, *image.GetSize()]
@@ -198,7 +182,7 @@ def preprocess_scan(
     image, record["normalization"] = normalize(image, modality, settings)
     if settings.crop:
         image, mask, record["crop_box_xyz"] = crop_to_body(
-            image, mask, modality, settings.crop_margin_mm
+            image, mask, modality, settings.crop_margin_mm, settings.body_threshold
         )
     image = sitk.Cast(image, sitk.sitkFloat32)
     record["output_spacing"] = list(image.GetSpacing())

@@ -47,7 +47,8 @@ def collect_registration_qc(
     table_out: str | Path,
     failures_out: str | Path,
 ) -> pd.DataFrame:
-    """Per-scan QC JSONs -> registration_qc.tsv with the gate applied; drops -> failures table."""
+    """Per-scan QC JSONs -> registration_qc.tsv with the gate applied; drops -> failures table
+    (one row per patient, its failing scans' reasons joined by `` | ``)."""
     from deltarad.register import RegistrationSettings, gate
 
     settings = RegistrationSettings.from_config({"gate": gate_settings})
@@ -67,9 +68,12 @@ def collect_registration_qc(
     df = pd.DataFrame(rows).reindex(columns=REGISTRATION_QC_COLUMNS)
     df = df.sort_values(["patient_id", "timepoint"]).reset_index(drop=True)
     io.write_table(df, table_out)
-    io.write_table(
-        pd.DataFrame(failures, columns=FAILURE_COLUMNS).sort_values("patient_id"), failures_out
+    # One row per patient (a patient with several failing later scans is dropped once).
+    failed = pd.DataFrame(failures, columns=FAILURE_COLUMNS)
+    failed = failed.groupby(["patient_id", "stage"], as_index=False, sort=True)["error"].agg(
+        " | ".join
     )
+    io.write_table(failed[FAILURE_COLUMNS], failures_out)
     return df
 
 

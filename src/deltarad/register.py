@@ -12,14 +12,15 @@ the synthetic cohort, the target registration error against the true transform.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
-from deltarad.preprocess import body_mask, resample_label
+from deltarad.body import DEFAULT_THRESHOLDS, Threshold, body_mask
+from deltarad.preprocess import resample_label
 from deltarad.qc import dice
 from deltarad.runlog import UserError
 
@@ -54,6 +55,8 @@ class RegistrationSettings:
     bspline_window_pct: tuple[float, float] | None = (1.0, 99.0)
     max_displacement_mm: float = 40.0
     min_jacobian: float = 0.0
+    # preprocess.body_threshold (deltarad.body): the body of QC, intensity window and TRE.
+    body_threshold: dict[str, Threshold] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
 
     @classmethod
     def from_config(cls, block: dict[str, Any]) -> RegistrationSettings:
@@ -85,6 +88,7 @@ class RegistrationSettings:
             bspline_window_pct=None if window is None else (float(window[0]), float(window[1])),
             max_displacement_mm=float(gate.get("max_displacement_mm", d.max_displacement_mm)),
             min_jacobian=float(gate.get("min_jacobian", d.min_jacobian)),
+            body_threshold=dict(block.get("body_threshold") or DEFAULT_THRESHOLDS),
         )
 
 
@@ -141,10 +145,13 @@ def metric_value(
 
 
 def intensity_window(
-    image: sitk.Image, modality: str | None, percentiles: tuple[float, float]
+    image: sitk.Image,
+    modality: str | None,
+    percentiles: tuple[float, float],
+    thresholds: dict[str, Threshold] | None = None,
 ) -> sitk.Image:
     """`image` clipped to the given percentiles of its body voxels (float32)."""
-    body = sitk.GetArrayFromImage(body_mask(image, modality or "")) > 0
+    body = sitk.GetArrayFromImage(body_mask(image, modality, thresholds)) > 0
     values = sitk.GetArrayViewFromImage(image)
     values = values[body] if body.any() else values.ravel()
     lo, hi = np.percentile(values, percentiles)
@@ -226,8 +233,12 @@ def register_images(
             r.Execute(fixed, moving)
         else:
             r.Execute(
-                intensity_window(fixed, modality, settings.bspline_window_pct),
-                intensity_window(moving, modality, settings.bspline_window_pct),
+                intensity_window(
+                    fixed, modality, settings.bspline_window_pct, settings.body_threshold
+                ),
+                intensity_window(
+                    moving, modality, settings.bspline_window_pct, settings.body_threshold
+                ),
             )
         # The composite applies the B-spline first, then the linear part: x -> A(x + d(x)).
         transform = sitk.CompositeTransform([linear, bspline])
@@ -322,9 +333,14 @@ def field_distances(
     return np.linalg.norm(a - b, axis=1)
 
 
-def tre_region(baseline: sitk.Image, modality: str, tumor: sitk.Image | None) -> sitk.Image:
+def tre_region(
+    baseline: sitk.Image,
+    modality: str,
+    tumor: sitk.Image | None,
+    thresholds: dict[str, Threshold] | None = None,
+) -> sitk.Image:
     """The body minus a 10 mm neighbourhood of the tumour (whose change is anatomy, not motion)."""
-    body = sitk.GetArrayFromImage(body_mask(baseline, modality)) > 0
+    body = sitk.GetArrayFromImage(body_mask(baseline, modality, thresholds)) > 0
     if tumor is not None:
         dist = sitk.GetArrayFromImage(
             sitk.SignedMaurerDistanceMap(
@@ -456,7 +472,7 @@ def register_scan(
         result = register_images(fixed, moving, settings, modality)
     except (RegistrationError, io.ImageReadError) as err:
         raise RegistrationError(f"{where} ({moving_path}): {err}") from None
-    region = body_mask(fixed, modality)
+    region = body_mask(fixed, modality, settings.body_threshold)
     qc = deformation_qc(result.transform, fixed, region)
     tumor = io.read_image(fixed_mask_path) if fixed_mask_path else None
     registered = resample_once(moving, fixed, result.transform, original)
@@ -489,7 +505,10 @@ def register_scan(
 
         true_tx = load_true_transform(truth["cohort"], patient_id, timepoint)
         errors = target_registration_error(
-            result.transform, true_tx, fixed, tre_region(fixed, modality, tumor)
+            result.transform,
+            true_tx,
+            fixed,
+            tre_region(fixed, modality, tumor, settings.body_threshold),
         )
         record.update(
             tre_mm=round(float(errors.mean()), 4),

@@ -9,9 +9,9 @@ import pytest
 import SimpleITK as sitk
 
 from deltarad import io
+from deltarad.body import body_mask
 from deltarad.preprocess import (
     PreprocessSettings,
-    body_mask,
     fingerprint,
     normalize,
     preprocess_scan,

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from deltarad import io
 from deltarad.config import check_config, with_defaults
-from deltarad.preprocess import body_mask
+from deltarad.body import body_mask
 from deltarad.qc import collect_registration_qc
 from deltarad.register import (
     RegistrationError,

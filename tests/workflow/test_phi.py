@@ -93,18 +93,18 @@ def _workflow_config(tmp: Path, study: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def phi_run(tiny_cohort_ro, tmp_path_factory):
+def phi_run(labelled_cohort_ro, tmp_path_factory):
     """(needles, search of the outputs, report file, search of the DICOM export)."""
     tmp = tmp_path_factory.mktemp("phi")
     dicom = tmp / "dicom"
-    manifest = export_cohort(tiny_cohort_ro, dicom)
+    manifest = export_cohort(labelled_cohort_ro, dicom)
     needles = dicom_needles(dicom)
     needles.add(KEY, "key")
     # A stray truncated file next to a study: its error message names the file, inside a folder
     # named after the patient and the visit date (the patient itself still ingests).
     slice_file = Path(manifest["series_folder"].iloc[2]) / "IMG0003.dcm"
     (slice_file.parent.parent / "KO0001.dcm").write_bytes(slice_file.read_bytes()[:300])
-    clinical = io.read_tsv(tiny_cohort_ro / "clinical.tsv")
+    clinical = io.read_tsv(labelled_cohort_ro / "clinical.tsv")
     mrn = dict(zip(manifest["patient_id"], manifest["dicom_patient_id"], strict=False))
     clinical["patient_id"] = clinical["patient_id"].map(mrn)
     # A site's table may carry identifying columns too: ingest redacts what the headers hold.

@@ -147,12 +147,14 @@ def test_segmentation_outputs(finished_run):
     }
     for pid in split:
         base = io.read_image(results / f"preprocessed/{pid}/baseline.nii.gz")
-        for tp in ("baseline", "followup"):
+        for tp in ("baseline", "mid", "followup"):  # every scan is predicted
             mask = io.read_image(results / f"segmentation/rpnet/{pid}/{tp}.nii.gz")
             assert io.Geometry.of(mask).mismatches(io.Geometry.of(base)) == []
     qc = io.read_tsv(results / "tables/segmentation_qc.tsv")
     assert list(qc.columns)[:5] == ["patient_id", "timepoint", "method", "dice", "hd95_mm"]
-    assert len(qc) == 12 and qc["dice"].astype(float).between(0, 1).all()
+    given = qc["mask_given"] == "True"
+    assert len(qc) == 18 and qc.loc[given, "dice"].astype(float).between(0, 1).all()
+    assert qc.loc[~given, "dice"].isna().all()
     # True-geometry scores (synthetic truth through the true transform) for later scans only.
     later = qc["timepoint"] != "baseline"
     assert qc.loc[later, "dice_true_geometry"].astype(float).between(0, 1).all()
@@ -235,10 +237,12 @@ def test_nnunet_backend_jobs_and_pretrained_model(finished_run, tmp_path):
 
 
 def test_gate_drops_patients_and_the_rest_finish(finished_run, tmp_path):
-    """Tightening the gate re-runs only the QC aggregation, drops the patients beyond it."""
+    """Tightening the gate re-runs the QC aggregation and what depends on who passed (network
+    training, predictions, features merge, models), never registration; drops the patients
+    beyond it from the feature table and from training."""
     qc = io.read_tsv(finished_run / "results/tables/registration_qc.tsv")
-    disp = qc["max_displacement_mm"].astype(float).sort_values()
-    threshold = float((disp.iloc[2] + disp.iloc[3]) / 2)  # half the patients beyond it
+    worst = qc.groupby("patient_id")["max_displacement_mm"].max().astype(float).sort_values()
+    threshold = float((worst.iloc[2] + worst.iloc[3]) / 2)  # half the patients beyond it
     strict = tmp_path / "strict.yaml"
     strict.write_text(
         yaml.safe_dump({"registration": {"gate": {"max_displacement_mm": threshold}}})
@@ -250,11 +254,15 @@ def test_gate_drops_patients_and_the_rest_finish(finished_run, tmp_path):
     result = snakemake(finished_run, configs=configs)
     assert result.returncode == 0, result.stderr[-3000:]
     failures = io.read_tsv(finished_run / "results/tables/failures.tsv")
-    expected = sorted(qc.loc[qc["max_displacement_mm"].astype(float) > threshold, "patient_id"])
+    expected = sorted(worst.index[worst > threshold])
+    # Listed once per patient, whichever of its later scans failed.
     assert sorted(failures["patient_id"]) == expected and len(expected) == 3
     assert failures["error"].str.contains("exceeds registration.gate.max_displacement_mm").all()
+    split = json.loads((finished_run / "results/models/segmentation/rpnet/splits.json").read_text())
+    training = [p for p in expected if not p.startswith("C2")]  # C2 is external
+    assert all(split[p] == "excluded" for p in training)
     table = io.read_tsv(finished_run / "results/tables/registration_qc.tsv")
-    assert sorted(table.loc[table["passed"] == "False", "patient_id"]) == expected
+    assert sorted(set(table.loc[table["passed"] == "False", "patient_id"])) == expected
     # Back to the default gate for the tests that follow.
     assert snakemake(finished_run).returncode == 0
 
@@ -292,9 +300,12 @@ def test_bad_user_sheets_stop_before_compute_listing_every_problem(tiny_cohort, 
     assert result.returncode != 0
     out = result.stdout + result.stderr
     assert "3 problem(s)" in out
-    assert "patient C1-001, column 'image': file not found" in out
-    assert "patient C1-002, column 'mask': mask grid differs from the image in origin" in out
-    assert "patient C1-003, column 'timepoint': duplicate scan" in out
+    assert "patient C1-001, timepoint baseline, modality CT, column 'image': file not found" in out
+    assert (
+        "patient C1-002, timepoint baseline, modality CT, column 'mask': mask grid differs from "
+        "the image in origin" in out
+    )
+    assert "patient C1-003, timepoint baseline, modality CT, column 'timepoint': duplicate" in out
     assert not (workdir / "results/provenance.json").exists()
     assert not (workdir / "results/tables/samples.validated.tsv").exists()
 

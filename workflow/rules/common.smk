@@ -12,6 +12,7 @@ from dataclasses import asdict
 from deltarad.cohort import (
     ValidationSettings,
     effective_mask_policy,
+    mask_policy,
     planned_scans,
     read_validated_samples,
     timepoints_by_patient,
@@ -27,9 +28,15 @@ if _problems:
     raise WorkflowError("invalid configuration:\n  " + "\n  ".join(_problems))
 
 RESULTS = Path(config["results"])
-VALIDATION_SETTINGS = asdict(ValidationSettings.from_config(config))
+# Without the mask policy (validate_cohort reads it from the config: changing it reruns nothing).
+VALIDATION_SETTINGS = {
+    k: v
+    for k, v in asdict(ValidationSettings.from_config(config)).items()
+    if k not in mask_policy(config)
+}
 # Registration jobs see everything but the gate: re-tuning the gate reruns only the QC table.
 REGISTRATION_SETTINGS = {k: v for k, v in config["registration"].items() if k != "gate"}
+REGISTRATION_SETTINGS["body_threshold"] = config["preprocess"]["body_threshold"]
 LOGS = RESULTS / "logs"
 COHORT = RESULTS / "cohort"
 SYNTHETIC = config["cohort"]["source"] == "synthetic"
@@ -51,9 +58,10 @@ def scaled_mem(base_mb):
     return request
 
 
+# A timepoint never ends in `_mask`: `{timepoint}_mask.nii.gz` names a scan's mask file.
 wildcard_constraints:
     patient=r"[A-Za-z0-9_-]+",
-    timepoint=r"[A-Za-z0-9_-]+",
+    timepoint=r"(?![A-Za-z0-9_-]*_mask$)[A-Za-z0-9_-]+",
 
 
 def samples_sheet():
@@ -101,6 +109,13 @@ def mask_source(patient, timepoint):
     """Where the features' mask of a scan comes from: `given`, or the method that predicts it
     (segmentation.masks)."""
     if FEATURE_MASK_METHOD is None:
+        if given_mask(patient, timepoint) is None:
+            raise WorkflowError(
+                f"patient {patient}, timepoint {timepoint}: no mask in the samples sheet, and "
+                f"segmentation.masks is '{MASK_POLICY}' (features need a drawn mask on every "
+                "scan); draw one, or set segmentation.masks: given_else_predicted with a "
+                "segmentation method to segment it"
+            )
         return "given"
     if MASK_POLICY == "given_else_predicted" and given_mask(patient, timepoint):
         return "given"
@@ -165,7 +180,7 @@ FEATURE_MASK_METHOD = (
 
 
 # A timepoint other than the baseline (registration targets).
-LATER_TIMEPOINT = rf"(?!{BASELINE}$)[A-Za-z0-9_-]+"
+LATER_TIMEPOINT = rf"(?!{BASELINE}$)(?![A-Za-z0-9_-]*_mask$)[A-Za-z0-9_-]+"
 # Failure tables of the QC gates, merged into tables/failures.tsv.
 FAILURE_TABLES = [
     RESULTS / "qc/failures_registration.tsv",

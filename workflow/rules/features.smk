@@ -9,8 +9,14 @@ FEATURE_MASK_LABEL = config["validation"]["mask_label"]
 # Handcrafted jobs see everything but the deep block (changing deep settings reruns only those)
 # and the merge's delta_previous.
 HANDCRAFTED_SETTINGS = {
-    **{k: v for k, v in config["features"].items() if k not in ("deep", "delta_previous")},
+    **{
+        k: v
+        for k, v in config["features"].items()
+        if k not in ("deep", "delta_previous")
+    },
     "mask_label": FEATURE_MASK_LABEL,
+    # The body rings are clipped to: the one definition of every stage (deltarad.body).
+    "body_threshold": config["preprocess"]["body_threshold"],
 }
 
 
@@ -51,8 +57,9 @@ if DEEP_METHOD and DEEP_METHOD not in DEEP_METHODS:
     )
 DEEP_SETTINGS = {
     # Only what deep features depend on: pyradiomics settings must not rerun them.
-    **{k: config["features"][k] for k in ("rings_mm", "body_threshold", "deep")},
+    **{k: config["features"][k] for k in ("rings_mm", "deep")},
     "mask_label": FEATURE_MASK_LABEL,
+    "body_threshold": config["preprocess"]["body_threshold"],
 }
 if DEEP_METHOD == NNUNET:
     # Features come from one fold (folds' channels do not correspond).

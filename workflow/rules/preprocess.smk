@@ -41,10 +41,6 @@ rule preprocess:
 
 
 # Only scans with a drawn mask have one on the preprocessed grid; the others get predicted masks.
-# `{timepoint}_mask.nii.gz` would also match preprocess's image with timepoint `*_mask`.
-ruleorder: preprocess_mask > preprocess
-
-
 rule preprocess_mask:
     input:
         mask=drawn_mask,

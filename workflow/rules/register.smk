@@ -37,9 +37,6 @@ rule register:
 
 
 # A later scan's drawn mask in baseline space (scans without one get a predicted mask).
-ruleorder: register_mask > register
-
-
 rule register_mask:
     input:
         mask=drawn_mask,

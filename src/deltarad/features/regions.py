@@ -3,9 +3,8 @@
 A ring ``[a, b]`` holds the voxels outside the tumour whose centre lies more than ``a`` mm and at
 most ``b`` mm from the nearest tumour voxel centre (``a < d <= b``), measured in physical space
 (anisotropic spacing handled), so a ring means the same tissue shell at every centre and both
-timepoints. Rings are clipped to the body: voxels above a modality threshold (CT: -500 HU by
-default), largest connected component, holes filled slice by slice (air in the lungs or bowel
-inside the body is kept); with no threshold the body is the whole field of view. A ring cut by
+timepoints. Rings are clipped to the body (:mod:`deltarad.body`, the definition every stage
+shares; config ``preprocess.body_threshold``). A ring cut by
 the image border is simply smaller; one with no voxel left is reported as a failed region by
 the caller, never silently dropped. A tumour that has vanished at a later scan (complete
 response) leaves its bed: the rings are then drawn around the baseline tumour
@@ -24,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from deltarad.body import Threshold, body_array
 from deltarad.runlog import UserError
 
 TUMOR = "tumor"
@@ -64,27 +64,6 @@ def parse_rings(spec: str | Sequence[Sequence[float]]) -> list[tuple[float, floa
     return pairs
 
 
-def body_mask(image: np.ndarray, threshold: float | None) -> np.ndarray:
-    """Body of a scan (z, y, x array): above `threshold`, largest component, holes filled.
-
-    ``None`` means the whole field of view (e.g. MR, where intensities carry no absolute scale).
-    """
-    if threshold is None:
-        return np.ones(image.shape, dtype=bool)
-    above = image > threshold
-    labels, n = ndimage.label(above)
-    if n == 0:
-        return np.zeros(image.shape, dtype=bool)
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    body = labels == int(np.argmax(sizes))
-    # Fill holes per axial slice: lungs or bowel reach the ends of the field of view in z, so a
-    # 3-D fill would leave them open.
-    for z in range(body.shape[0]):
-        body[z] = ndimage.binary_fill_holes(body[z])
-    return body
-
-
 def ring_arrays(
     tumor: np.ndarray,
     spacing_zyx: Sequence[float],
@@ -110,7 +89,7 @@ def build_regions(
     image: sitk.Image,
     mask: sitk.Image,
     rings_mm: Sequence[tuple[float, float]],
-    body_threshold: float | None = None,
+    body_threshold: Threshold = None,
     label: int = 1,
     around: np.ndarray | None = None,
 ) -> dict[str, sitk.Image]:
@@ -118,7 +97,7 @@ def build_regions(
     (z, y, x) array on the same grid): draw the rings around it instead of the tumour."""
     tumor = sitk.GetArrayFromImage(mask) == label
     arrays = {TUMOR: tumor}
-    body = body_mask(sitk.GetArrayFromImage(image), body_threshold)
+    body = body_array(sitk.GetArrayFromImage(image), body_threshold)
     # SimpleITK spacing is (x, y, z); numpy arrays are (z, y, x).
     centre = tumor if around is None else around
     arrays.update(ring_arrays(centre, image.GetSpacing()[::-1], rings_mm, body))
@@ -134,7 +113,7 @@ def series_regions(
     image: sitk.Image,
     mask: sitk.Image,
     rings_mm: Sequence[tuple[float, float]],
-    body_threshold: float | None = None,
+    body_threshold: Threshold = None,
     label: int = 1,
     bed: np.ndarray | None = None,
 ) -> tuple[dict[str, sitk.Image], bool]:

@@ -21,6 +21,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from deltarad import io
+from deltarad.body import Threshold, threshold_for
 from deltarad.features.delta import SEP, add_deltas
 from deltarad.features.handcrafted import (
     SOURCE,
@@ -43,7 +44,8 @@ class FeatureSettings:
 
     params: str
     rings_mm: tuple[tuple[float, float], ...] = ((0, 3), (3, 6), (6, 10))
-    body_threshold: Mapping[str, float | None] | None = None
+    # preprocess.body_threshold (deltarad.body); None = its defaults.
+    body_threshold: Mapping[str, Threshold] | None = None
     min_tumor_voxels: int = 10
     min_ring_voxels: int = 10
     rel_floor: float = 0.01
@@ -57,7 +59,7 @@ class FeatureSettings:
         return cls(
             params=str(params or block["params"]),
             rings_mm=tuple(parse_rings(block.get("rings_mm", [[0, 3], [3, 6], [6, 10]]))),
-            body_threshold=dict(block.get("body_threshold") or {}),
+            body_threshold=block.get("body_threshold"),
             min_tumor_voxels=int(block.get("min_tumor_voxels", 10)),
             min_ring_voxels=int(block.get("min_ring_voxels", 10)),
             rel_floor=float(block.get("reldelta", {}).get("rel_floor", 0.01)),
@@ -75,8 +77,8 @@ class FeatureSettings:
             n: (self.min_tumor_voxels if n == TUMOR else self.min_ring_voxels) for n in self.regions
         }
 
-    def threshold(self, modality: str | None) -> float | None:
-        return (self.body_threshold or {}).get(modality or "", None)
+    def threshold(self, modality: str | None) -> Threshold:
+        return threshold_for(modality, self.body_threshold)
 
 
 def series_scans(

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from deltarad.body import body_array
 from deltarad.features import regions as rg
 
 
@@ -53,9 +54,10 @@ def test_body_clipping_and_field_of_view():
     image = np.full((10, 20, 20), -1000.0)
     image[:, 3:17, 3:17] = 40.0
     image[:, 8:11, 8:11] = -900.0  # air inside the body (a hole) stays body
-    body = rg.body_mask(image, -500)
+    body = body_array(image, -500)
     assert body[:, 9, 9].all() and not body[:, 0, 0].any()
-    assert rg.body_mask(image, None).all()
+    assert body_array(image, None).all()
+    assert (body_array(image, "otsu") == body).all()  # Otsu finds the same body here
     tumor = np.zeros(image.shape, bool)
     tumor[4:6, 4:6, 4:6] = True
     ring = rg.ring_arrays(tumor, (1, 1, 1), [(0, 3)], body)["ring0to3mm"]
