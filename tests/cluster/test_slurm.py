@@ -39,16 +39,18 @@ NODE = ("--cores", "2")
 SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
 VALIDATED = "results/tables/samples.validated.tsv"
 # The inputs of the real segment_train job: the training centre's (C1, config/test.yaml) scans on
-# their baseline grids. The local reference run builds them, so that test (b) submits
-# segment_train alone.
-TRAINING_SCANS = tuple(
-    f"results/{folder}/C1-00{i}/{name}.nii.gz"
-    for i in (1, 2, 3)
-    for folder, names in (
-        ("preprocessed", ("baseline", "baseline_mask")),
-        ("registered", ("followup", "followup_mask")),
-    )
-    for name in names
+# their baseline grids, their drawn masks (C1-001's follow-up has none) and the registration
+# gate's failures (not trained on). The local reference run builds them, so that test (b)
+# submits segment_train alone.
+TRAINING_SCANS = (
+    *(
+        f"results/preprocessed/C1-00{i}/{name}.nii.gz"
+        for i in (1, 2, 3)
+        for name in ("baseline", "baseline_mask")
+    ),
+    *(f"results/registered/C1-00{i}/followup.nii.gz" for i in (1, 2, 3)),
+    *(f"results/registered/C1-00{i}/followup_mask.nii.gz" for i in (2, 3)),
+    "results/qc/failures_registration.tsv",
 )
 TRAINED = "results/models/segmentation/rpnet/checkpoint_final.pt"
 SBATCH_CALL = re.compile(r"sbatch call: (.*)")

@@ -59,9 +59,13 @@ def scaled_mem(base_mb):
 
 
 # A timepoint never ends in `_mask`: `{timepoint}_mask.nii.gz` names a scan's mask file.
+# (Lookbehinds at the wildcard's end, so that the text after it in a path does not count.)
+TIMEPOINT = r"[A-Za-z0-9_-]+(?<!_mask)"
+
+
 wildcard_constraints:
     patient=r"[A-Za-z0-9_-]+",
-    timepoint=r"(?![A-Za-z0-9_-]*_mask$)[A-Za-z0-9_-]+",
+    timepoint=TIMEPOINT,
 
 
 def samples_sheet():
@@ -180,7 +184,7 @@ FEATURE_MASK_METHOD = (
 
 
 # A timepoint other than the baseline (registration targets).
-LATER_TIMEPOINT = rf"(?!{BASELINE}$)(?![A-Za-z0-9_-]*_mask$)[A-Za-z0-9_-]+"
+LATER_TIMEPOINT = rf"{TIMEPOINT}(?<!/{BASELINE})"
 # Failure tables of the QC gates, merged into tables/failures.tsv.
 FAILURE_TABLES = [
     RESULTS / "qc/failures_registration.tsv",
