@@ -70,9 +70,9 @@ def collect_registration_qc(
     io.write_table(df, table_out)
     # One row per patient (a patient with several failing later scans is dropped once).
     failed = pd.DataFrame(failures, columns=FAILURE_COLUMNS)
-    failed = failed.groupby(["patient_id", "stage"], as_index=False, sort=True)["error"].agg(
-        " | ".join
-    )
+    if len(failed):
+        by_patient = failed.groupby(["patient_id", "stage"], sort=True)["error"]
+        failed = by_patient.agg(" | ".join).reset_index()
     io.write_table(failed[FAILURE_COLUMNS], failures_out)
     return df
 

@@ -190,6 +190,21 @@ def test_gate_failures_are_listed_and_others_kept(tmp_path):
         records, {"min_jacobian": 0.75}, tmp_path / "qc.tsv", tmp_path / "fail.tsv"
     )
     assert list(strict["passed"]) == [True, False, False]
+    # A patient with two failing later scans is listed once; no failure: a header only.
+    mid = {**json.loads(records[1].read_text()), "timepoint": "mid", "jacobian_min": -0.1}
+    (tmp_path / "B_mid.json").write_text(json.dumps(mid))
+    collect_registration_qc(
+        [*records, tmp_path / "B_mid.json"], {}, tmp_path / "qc.tsv", tmp_path / "fail.tsv"
+    )
+    failures = pd.read_csv(tmp_path / "fail.tsv", sep="\t")
+    assert list(failures["patient_id"]) == ["B"]
+    assert (
+        failures["error"].iloc[0].startswith("followup: folding")
+        and " | mid: " in (failures["error"].iloc[0])
+    )
+    collect_registration_qc(records[:1], {}, tmp_path / "qc.tsv", tmp_path / "fail.tsv")
+    empty = pd.read_csv(tmp_path / "fail.tsv", sep="\t")
+    assert empty.empty and list(empty.columns) == ["patient_id", "stage", "error"]
 
 
 def test_inverse_direction_maps_followup_points_back(tiny_cohort_ro):
