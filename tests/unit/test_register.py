@@ -10,8 +10,8 @@ import pytest
 import SimpleITK as sitk
 
 from deltarad import io
-from deltarad.config import check_config, with_defaults
 from deltarad.body import body_mask
+from deltarad.config import check_config, with_defaults
 from deltarad.qc import collect_registration_qc
 from deltarad.register import (
     RegistrationError,

@@ -23,7 +23,8 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from tests.conftest import CONFIGS, REPO
+from tests.conftest import REPO
+from tests.workflow.conftest import RUN_CONFIGS
 
 pytestmark = pytest.mark.workflow
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -66,7 +67,7 @@ def _command(workdir: Path, *args: str) -> list[str]:
         "--cores",
         "2",
         "--configfile",
-        *map(str, CONFIGS),
+        *map(str, RUN_CONFIGS),
         *args,
     ]
 
