@@ -241,7 +241,8 @@ def test_gate_drops_patients_and_the_rest_finish(finished_run, tmp_path):
     training, predictions, features merge, models), never registration; drops the patients
     beyond it from the feature table and from training."""
     qc = io.read_tsv(finished_run / "results/tables/registration_qc.tsv")
-    worst = qc.groupby("patient_id")["max_displacement_mm"].max().astype(float).sort_values()
+    displacement = qc["max_displacement_mm"].astype(float)
+    worst = displacement.groupby(qc["patient_id"]).max().sort_values()
     # Drop the training centre's (C1) worst patient and any external patient worse than the
     # second worst of C1: the network still has 2 patients to train on (no validation share).
     c1 = worst[worst.index.str.startswith("C1")]
