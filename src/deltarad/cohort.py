@@ -259,6 +259,18 @@ def validate_samples(
     for line, scan in scans:
         where = _scan_where(scan, sheet, line)
         key = (scan.patient_id, scan.timepoint, scan.modality)
+        other = next((ln for (p, t, _), ln in seen.items() if (p, t) == key[:2]), None)
+        if key not in seen and other is not None:
+            # Until channels are keys of the workflow, a second scan would be silently dropped.
+            problems.append(
+                Problem(
+                    f"a second scan at this timepoint (line {other} has another modality): "
+                    "several modalities per timepoint are not supported yet; keep one per "
+                    "timepoint",
+                    column="modality",
+                    **where,
+                )
+            )
         if key in seen:
             problems.append(
                 Problem(

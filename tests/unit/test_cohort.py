@@ -328,3 +328,14 @@ def test_timepoint_names_of_changes_are_reserved(tiny_cohort):
     _write(tiny_cohort, samples)
     problem = _one(_problems(tiny_cohort), "line 3", "patient C1-001", "column 'timepoint'")
     assert "timepoint name 'delta-week6' is reserved" in problem
+
+
+def test_second_modality_at_a_timepoint_is_refused_not_dropped(tiny_cohort):
+    """Several modalities per timepoint are not supported yet: a clear error, never a scan
+    silently left out."""
+    samples, _ = _sheets(tiny_cohort)
+    pet = samples.iloc[[0]].assign(modality="PET")
+    _write(tiny_cohort, pd.concat([samples, pet], ignore_index=True))
+    problem = _one(_problems(tiny_cohort), "line 14", "patient C1-001", "column 'modality'")
+    assert "several modalities per timepoint are not supported yet" in problem
+    assert "line 2 has another modality" in problem
