@@ -180,15 +180,16 @@ class SynthConfig:
             for i in range(self.patients_per_center)
         ]
 
+    def is_unlabelled(self, patient_id: str) -> bool:
+        """Whether a patient's follow-up mask is left out of samples.tsv: with probability
+        `unlabelled_followups`, decided by a hash of seed and ID (independent of cohort size)."""
+        return _unit_hash(self.seed, patient_id) < self.unlabelled_followups
+
     def unlabelled_patients(self) -> set[str]:
         """Patients whose follow-up mask is left out of samples.tsv: each patient independently
         with probability `unlabelled_followups`, decided by a hash of seed and ID, so a patient's
         files do not depend on the size of the cohort."""
-        return {
-            p.patient_id
-            for p in self.patients()
-            if _unit_hash(self.seed, p.patient_id) < self.unlabelled_followups
-        }
+        return {p.patient_id for p in self.patients() if self.is_unlabelled(p.patient_id)}
 
     def grid(self, center: CenterSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(shape, spacing, origin) in x, y, z of a centre's scans; same field of view for all."""
@@ -348,7 +349,7 @@ def simulate_patient(cfg: SynthConfig, patient: Patient, root: str | Path) -> di
     for tp in timepoints[1:]:
         _write_truth_in_baseline(root, pid, tp, anatomy, motions[tp], (shape, spacing, origin))
     modality = cfg.contrast
-    unlabelled = pid in cfg.unlabelled_patients()
+    unlabelled = cfg.is_unlabelled(pid)
     samples = [
         {
             "patient_id": pid,
