@@ -24,7 +24,10 @@ from deltarad.runlog import UserError
 # The image modules (deltarad.io, deltarad.scanchecks: SimpleITK) are imported inside the
 # functions that read or check files: the workflow imports this module while parsing.
 
-SAMPLE_COLUMNS = ["patient_id", "center", "timepoint", "days", "modality", "image", "mask"]
+# Required columns of a samples sheet; `mask` (where drawn) and `channel` (default: the modality)
+# are optional. The validated table has all of SAMPLE_COLUMNS.
+REQUIRED_SAMPLE_COLUMNS = ["patient_id", "center", "timepoint", "days", "modality", "image"]
+SAMPLE_COLUMNS = [*REQUIRED_SAMPLE_COLUMNS, "mask", "channel"]
 CLINICAL_COLUMNS = ["patient_id", "response", "time", "event"]
 
 

@@ -61,8 +61,15 @@ def synthetic_timepoints(block: Mapping[str, Any] | None = None) -> tuple[str, .
     return SYNTHETIC_TIMEPOINTS
 
 
-def image_relpath(patient_id: str, timepoint: str) -> str:
-    return f"images/{patient_id}/{timepoint}.nii.gz"
+def channel_stem(timepoint: str, channel: str | None = None) -> str:
+    """File stem of a scan's image: ``{timepoint}`` for the study's reference channel (`channel`
+    None), ``{timepoint}__{channel}`` for another channel of the same timepoint."""
+    return timepoint if channel is None else f"{timepoint}__{channel}"
+
+
+def image_relpath(patient_id: str, timepoint: str, channel: str | None = None) -> str:
+    """A synthetic scan's image (`channel`: None for the reference channel, else an extra one)."""
+    return f"images/{patient_id}/{channel_stem(timepoint, channel)}.nii.gz"
 
 
 def mask_relpath(patient_id: str, timepoint: str) -> str:
@@ -81,9 +88,11 @@ def synthetic_patient_outputs(patient_id: str, block: Mapping[str, Any] | None =
     """Every file the simulation of one patient (:func:`deltarad.synth.simulate_patient`)
     writes, relative to the cohort root (`block`: the config's ``synthetic`` block)."""
     timepoints = synthetic_timepoints(block)
+    extra = synthetic_channels(block)[1:]
     files = []
     for tp in timepoints:
         files += [image_relpath(patient_id, tp), mask_relpath(patient_id, tp)]
+        files += [image_relpath(patient_id, tp, ch) for ch, _ in extra]
         files.append(f"truth/masks/{patient_id}/{tp}.nii.gz")
     for tp in timepoints[1:]:
         files.append(f"truth/masks/{patient_id}/{tp}_in_baseline.nii.gz")
@@ -91,13 +100,56 @@ def synthetic_patient_outputs(patient_id: str, block: Mapping[str, Any] | None =
     return files + [f"truth/patients/{patient_id}.json"]
 
 
+# Modality (normalisation, body threshold) of each synthetic contrast.
+SYNTHETIC_MODALITY = {"CT": "CT", "MR": "MR", "ADC": "MR", "PET": "PET"}
+
+
+def synthetic_channels(block: Mapping[str, Any] | None = None) -> list[tuple[str, str]]:
+    """(channel, contrast) of every synthetic scan of a timepoint, the reference first: the
+    ``contrast`` channel (named after it), then ``extra_channels`` (co-registered with it)."""
+    block = block or {}
+    contrast = str(block.get("contrast", "CT"))
+    extra = [(str(c["name"]), str(c["contrast"])) for c in block.get("extra_channels") or []]
+    return [(contrast, contrast), *extra]
+
+
+# --- channels of a study ---------------------------------------------------------------------
+
+
+def study_channels(config: Mapping[str, Any]) -> list[str]:
+    """The channels every timepoint of the study has, the registration reference first; empty
+    for a single-channel study of the user's that does not list them (its one channel is
+    whatever the sheet names)."""
+    cohort = config.get("cohort") or {}
+    if cohort.get("source", "synthetic") == "synthetic":
+        return [name for name, _ in synthetic_channels(config.get("synthetic"))]
+    listed = [str(c) for c in cohort.get("channels") or []]
+    reference = cohort.get("reference_channel") or (listed[0] if listed else None)
+    if reference is None:
+        return []
+    return [reference] + [c for c in listed if c != reference]
+
+
+def extra_channels(config: Mapping[str, Any]) -> list[str]:
+    """The study's channels other than the registration reference (carried with its transform)."""
+    return study_channels(config)[1:]
+
+
 # --- the results tree ----------------------------------------------------------------------
 
 
-def scan_paths(results: Path, patient: str, timepoint: str) -> tuple[Path, Path]:
-    """Image and given mask of a scan on the patient's baseline grid."""
+def scan_paths(
+    results: Path, patient: str, timepoint: str, channel: str | None = None
+) -> tuple[Path, Path]:
+    """Image and given mask of a scan on the patient's baseline grid. `channel`: None for the
+    reference channel (``{timepoint}.nii.gz``), else another channel of the timepoint
+    (``{timepoint}__{channel}.nii.gz``); the mask is the timepoint's, whichever channel it was
+    drawn on."""
     folder = results / ("preprocessed" if timepoint == BASELINE else "registered") / patient
-    return folder / f"{timepoint}.nii.gz", folder / f"{timepoint}_mask.nii.gz"
+    return (
+        folder / f"{channel_stem(timepoint, channel)}.nii.gz",
+        folder / f"{timepoint}_mask.nii.gz",
+    )
 
 
 def resolve_params(path: str | Path) -> Path:
