@@ -18,7 +18,13 @@ import jsonschema
 import pandas as pd
 
 from deltarad.config import known_centers, load_schema
-from deltarad.layout import BASELINE, NNUNET, synthetic_patient_ids, synthetic_timepoints
+from deltarad.layout import (
+    BASELINE,
+    NNUNET,
+    study_channels,
+    synthetic_patient_ids,
+    synthetic_timepoints,
+)
 from deltarad.runlog import UserError
 
 # The image modules (deltarad.io, deltarad.scanchecks: SimpleITK) are imported inside the
@@ -43,6 +49,7 @@ class Problem:
     # The scan a samples-sheet problem belongs to.
     timepoint: str | None = None
     modality: str | None = None
+    channel: str | None = None
 
     def __str__(self) -> str:
         where = []
@@ -52,7 +59,10 @@ class Problem:
             where.append(f"patient {self.patient_id}")
         if self.timepoint:
             where.append(f"timepoint {self.timepoint}")
-        if self.modality:
+        if self.channel:
+            modality = self.modality and self.modality != self.channel
+            where.append(f"channel {self.channel}" + (f" ({self.modality})" if modality else ""))
+        elif self.modality:
             where.append(f"modality {self.modality}")
         if self.column:
             where.append(f"column '{self.column}'")
@@ -83,6 +93,9 @@ class ValidationSettings:
     masks: str = "given_else_predicted"
     pretrained_masks: bool = False
     external_centers: tuple[str, ...] = ()
+    # cohort.channels, the registration reference first (layout.study_channels); empty: one
+    # channel per timepoint, whatever the sheet names it.
+    channels: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ValidationSettings:
@@ -97,6 +110,7 @@ class ValidationSettings:
             min_mask_voxels=int(v["min_mask_voxels"]),
             centers=tuple(known_centers(config)),
             external_centers=tuple(config["study"]["external_centers"]),
+            channels=tuple(study_channels(config)),
             **mask_policy(config),
         )
 
@@ -133,6 +147,8 @@ class Scan:
     modality: str
     image: Path
     mask: Path | None
+    # The image channel (CT, PET, T2, ADC); the sheet's `channel`, else the modality.
+    channel: str = ""
 
 
 def read_sheet(path: str | Path, required: list[str]) -> pd.DataFrame:
@@ -218,6 +234,7 @@ def _scan_where(scan: Scan, sheet: str, line: int) -> dict[str, Any]:
         "patient_id": scan.patient_id,
         "timepoint": scan.timepoint,
         "modality": scan.modality,
+        "channel": scan.channel,
     }
 
 
@@ -227,9 +244,10 @@ def validate_samples(
     """Schema, uniqueness, baseline, centre and file/geometry/mask checks of a samples sheet."""
     samples_path = Path(samples_path)
     sheet = samples_path.name
-    df = read_sheet(samples_path, SAMPLE_COLUMNS[:-1])
-    if "mask" not in df.columns:
-        df["mask"] = None
+    df = read_sheet(samples_path, REQUIRED_SAMPLE_COLUMNS)
+    for optional in ("mask", "channel"):
+        if optional not in df.columns:
+            df[optional] = None
     if df.empty:
         raise CohortError([Problem("sheet has a header but no scan rows", sheet=sheet)])
     problems = _schema_problems(df[SAMPLE_COLUMNS], "samples", sheet)
@@ -239,7 +257,8 @@ def validate_samples(
         line = i + 2
         if line in bad_lines:
             continue
-        mask = row["mask"]
+        mask, channel = row["mask"], row["channel"]
+        modality = row["modality"].strip()
         scans.append(
             (
                 line,
@@ -248,11 +267,14 @@ def validate_samples(
                     center=row["center"].strip(),
                     timepoint=row["timepoint"].strip(),
                     days=int(row["days"]),
-                    modality=row["modality"].strip(),
+                    modality=modality,
                     image=resolve(row["image"].strip(), samples_path.parent),
                     mask=None
                     if mask is None or pd.isna(mask) or not str(mask).strip()
                     else resolve(str(mask).strip(), samples_path.parent),
+                    channel=modality
+                    if channel is None or pd.isna(channel) or not str(channel).strip()
+                    else str(channel).strip(),
                 ),
             )
         )
@@ -261,29 +283,38 @@ def validate_samples(
     centers: dict[str, str] = {}
     for line, scan in scans:
         where = _scan_where(scan, sheet, line)
-        key = (scan.patient_id, scan.timepoint, scan.modality)
+        key = (scan.patient_id, scan.timepoint, scan.channel)
         other = next((ln for (p, t, _), ln in seen.items() if (p, t) == key[:2]), None)
-        if key not in seen and other is not None:
-            # Until channels are keys of the workflow, a second scan would be silently dropped.
+        if key not in seen and other is not None and not settings.channels:
             problems.append(
                 Problem(
-                    f"a second scan at this timepoint (line {other} has another modality): "
-                    "several modalities per timepoint are not supported yet; keep one per "
-                    "timepoint",
-                    column="modality",
+                    f"a second scan at this timepoint (line {other} has another channel): list "
+                    "the study's channels in the config (cohort.channels, e.g. [CT, PET]) and "
+                    "name the registration reference (cohort.reference_channel)",
+                    column="channel",
                     **where,
                 )
             )
         if key in seen:
             problems.append(
                 Problem(
-                    f"duplicate scan: this timepoint and modality are already on line {seen[key]}",
-                    column="timepoint",
+                    f"duplicate scan: this timepoint and channel are already on line {seen[key]} "
+                    "(two series of one modality need different `channel` names, e.g. T2 and ADC)",
+                    column="channel",
                     **where,
                 )
             )
         else:
             seen[key] = line
+        if settings.channels and scan.channel not in settings.channels:
+            problems.append(
+                Problem(
+                    f"channel '{scan.channel}' is not one of the study's channels "
+                    f"({', '.join(settings.channels)}; config cohort.channels)",
+                    column="channel",
+                    **where,
+                )
+            )
         if settings.centers and scan.center not in settings.centers:
             problems.append(
                 Problem(
@@ -302,13 +333,18 @@ def validate_samples(
                     **where,
                 )
             )
-        if scan.timepoint.split("-")[0] in ("delta", "reldelta") or scan.timepoint.endswith(
-            "_mask"
+        if (
+            scan.timepoint.split("-")[0] in ("delta", "reldelta")
+            or scan.timepoint.endswith("_mask")
+            or "__" in scan.timepoint
+            or scan.timepoint.startswith("_")
+            or scan.timepoint.endswith("_")
         ):
             problems.append(
                 Problem(
                     f"timepoint name '{scan.timepoint}' is reserved: feature columns of changes "
-                    "start with delta / reldelta, and `{timepoint}_mask` names mask files; "
+                    "start with delta / reldelta, `{timepoint}_mask` names mask files, and `__` "
+                    "separates the parts of file and column names (`{timepoint}__{channel}`); "
                     "rename the timepoint",
                     column="timepoint",
                     **where,
@@ -351,15 +387,80 @@ def validate_samples(
                 column="timepoint",
             )
         )
+    problems += _channel_problems(scans, settings, sheet)
     problems += _mask_policy_problems(scans, settings, sheet)
     return [s for _, s in scans], problems
+
+
+def _channel_problems(
+    scans: list[tuple[int, Scan]], settings: ValidationSettings, sheet: str
+) -> list[Problem]:
+    """Every timepoint of a multi-channel study has each listed channel (the registration
+    reference above all); a later scan's channel has a baseline to be compared with; a timepoint
+    has at most one drawn mask (its tumour, whichever channel it was drawn on)."""
+    problems = []
+    by_timepoint: dict[tuple[str, str], list[tuple[int, Scan]]] = {}
+    for line, scan in scans:
+        rows = by_timepoint.setdefault((scan.patient_id, scan.timepoint), [])
+        if all(s.channel != scan.channel for _, s in rows):  # a duplicate is reported above
+            rows.append((line, scan))
+    for (pid, tp), rows in sorted(by_timepoint.items()):
+        present = {s.channel for _, s in rows}
+        masked = [(line, s) for line, s in rows if s.mask is not None]
+        for line, scan in masked[1:]:
+            problems.append(
+                Problem(
+                    f"a second mask at this timepoint (line {masked[0][0]}, channel "
+                    f"{masked[0][1].channel}, has one): the tumour is drawn once per timepoint, "
+                    "on any one of its channels (they are co-registered); keep one",
+                    column="mask",
+                    **_scan_where(scan, sheet, line),
+                )
+            )
+        for channel in settings.channels:
+            if channel in present:
+                continue
+            role = "the registration reference" if channel == settings.channels[0] else "a channel"
+            problems.append(
+                Problem(
+                    f"no scan of channel {channel} ({role} of the study, config cohort.channels) "
+                    "at this timepoint; add it, or remove the channel from cohort.channels",
+                    sheet=sheet,
+                    patient_id=pid,
+                    timepoint=tp,
+                    channel=channel,
+                    column="channel",
+                )
+            )
+        if tp == BASELINE:
+            continue
+        baseline = {s.channel for _, s in by_timepoint.get((pid, BASELINE), [])}
+        for line, scan in rows:
+            if baseline and scan.channel not in baseline:
+                problems.append(
+                    Problem(
+                        f"channel {scan.channel} has no baseline scan of this patient (a later "
+                        "scan is compared with the same channel at baseline)",
+                        column="channel",
+                        **_scan_where(scan, sheet, line),
+                    )
+                )
+    return problems
 
 
 def _mask_policy_problems(
     scans: list[tuple[int, Scan]], settings: ValidationSettings, sheet: str
 ) -> list[Problem]:
-    """Scans without a mask are fine where the segmentation stage can provide one."""
-    unmasked = [(line, s) for line, s in scans if s.mask is None]
+    """Scans without a mask are fine where the segmentation stage can provide one. A timepoint
+    is masked when any of its channels has the mask; the others are reported on their first
+    row."""
+    masked = {(s.patient_id, s.timepoint) for _, s in scans if s.mask is not None}
+    unmasked, reported = [], set()
+    for line, s in scans:
+        key = (s.patient_id, s.timepoint)
+        if key not in masked and key not in reported:
+            unmasked.append((line, s))
+            reported.add(key)
     if not unmasked:
         return []
     if settings.masks == "given":
@@ -436,8 +537,10 @@ def validate_clinical(
     return df, problems
 
 
-def scans_table(scans: list[Scan]) -> pd.DataFrame:
-    """The validated samples table: baseline first, then by days, paths resolved."""
+def scans_table(scans: list[Scan], channels: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The validated samples table: baseline first, then by days, paths resolved; within a
+    timepoint the registration reference channel (the first of `channels`) first, so the
+    first row of a timepoint is its reference scan."""
     from deltarad.scanchecks import display_path
 
     rows = [
@@ -449,13 +552,16 @@ def scans_table(scans: list[Scan]) -> pd.DataFrame:
             "modality": s.modality,
             "image": display_path(s.image),
             "mask": display_path(s.mask) if s.mask else None,
+            "channel": s.channel,
         }
         for s in scans
     ]
     df = pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
     df["_order"] = (df["timepoint"] != BASELINE).astype(int)
-    df = df.sort_values(["patient_id", "_order", "days", "timepoint", "modality"])
-    return df.drop(columns="_order").reset_index(drop=True)
+    rank = {c: i for i, c in enumerate(channels)}
+    df["_channel"] = df["channel"].map(lambda c: rank.get(c, len(rank)))
+    df = df.sort_values(["patient_id", "_order", "days", "timepoint", "_channel", "channel"])
+    return df.drop(columns=["_order", "_channel"]).reset_index(drop=True)
 
 
 def validate_cohort(
@@ -479,7 +585,7 @@ def validate_cohort(
     if problems:
         raise CohortError(problems)
     clinical = clinical.sort_values("patient_id").reset_index(drop=True)
-    return scans_table(scans), clinical
+    return scans_table(scans, settings.channels), clinical
 
 
 def write_validated(
@@ -551,10 +657,17 @@ def read_validated_samples(path: str | Path) -> pd.DataFrame:
     return _read_validated_samples(*_file_version(path)).copy()
 
 
-def validated_scan_rows(path: str | Path) -> Mapping[tuple[str, str], Mapping[str, Any]]:
-    """(patient_id, timepoint) -> that scan's row of the validated samples table (read-only;
-    the first row where one repeats): a lookup instead of a table scan per job."""
+def validated_scan_rows(path: str | Path) -> Mapping[tuple, Mapping[str, Any]]:
+    """Rows of the validated samples table (read-only), a lookup instead of a table scan per
+    job: (patient_id, timepoint) -> the reference channel's row (the timepoint's first),
+    (patient_id, timepoint, channel) -> that channel's row."""
     return _validated_scan_rows(*_file_version(path))
+
+
+def validated_masks(path: str | Path) -> Mapping[tuple[str, str], str | None]:
+    """(patient_id, timepoint) -> the timepoint's drawn mask (on whichever channel's row it is),
+    or None."""
+    return _validated_masks(*_file_version(path))
 
 
 def _file_version(path: str | Path) -> tuple[str, int, int]:
@@ -572,7 +685,20 @@ def _read_validated_samples(path: str, mtime_ns: int, size: int) -> pd.DataFrame
 def _validated_scan_rows(
     path: str, mtime_ns: int, size: int
 ) -> Mapping[tuple[str, str], Mapping[str, Any]]:
-    rows: dict[tuple[str, str], Mapping[str, Any]] = {}
+    rows: dict[tuple, Mapping[str, Any]] = {}
     for record in _read_validated_samples(path, mtime_ns, size).to_dict("records"):
-        rows.setdefault((record["patient_id"], record["timepoint"]), MappingProxyType(record))
+        row = MappingProxyType(record)
+        rows.setdefault((record["patient_id"], record["timepoint"]), row)
+        channel = record.get("channel")
+        rows[(record["patient_id"], record["timepoint"], channel)] = row
     return MappingProxyType(rows)
+
+
+@functools.lru_cache(maxsize=4)
+def _validated_masks(path: str, mtime_ns: int, size: int) -> Mapping[tuple[str, str], str | None]:
+    masks: dict[tuple[str, str], str | None] = {}
+    for record in _read_validated_samples(path, mtime_ns, size).to_dict("records"):
+        key = (record["patient_id"], record["timepoint"])
+        mask = record["mask"] if isinstance(record["mask"], str) else None
+        masks[key] = masks.get(key) or mask
+    return MappingProxyType(masks)

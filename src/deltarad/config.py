@@ -109,6 +109,21 @@ def check_config(config: dict[str, Any]) -> list[str]:
             "config key 'registration.bspline.window_percentiles': must be [low, high] with "
             f"low < high, got {window}"
         )
+    cohort = config["cohort"]
+    reference, channels = cohort.get("reference_channel"), cohort.get("channels") or []
+    if reference and channels and reference not in channels:
+        problems.append(
+            f"config key 'cohort.reference_channel': '{reference}' is not one of "
+            f"cohort.channels {channels}"
+        )
+    synthetic_channels = [config["synthetic"]["contrast"]] + [
+        c["name"] for c in config["synthetic"].get("extra_channels") or []
+    ]
+    if len(set(synthetic_channels)) != len(synthetic_channels):
+        problems.append(
+            "config key 'synthetic.extra_channels': channel names must differ from each other "
+            f"and from the reference channel (named after synthetic.contrast): {synthetic_channels}"
+        )
     names = [c["name"] for c in config["synthetic"]["centers"]]
     if len(set(names)) != len(names):
         problems.append("config key 'synthetic.centers': centre names must be unique")

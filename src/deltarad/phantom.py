@@ -22,7 +22,12 @@ if TYPE_CHECKING:
 RING_REACH_MM = 10.0  # how far the peritumoral effect reaches beyond the tumour surface
 DEFORMATION_GRID_MM = 6.0  # control grid of the smooth deformation (linearly interpolated)
 
-# Tissue intensities per contrast, before scanner effects.
+# Tissue intensities per contrast, before scanner effects. Besides the tissues: `texture_gain`
+# scales the soft-tissue field; `unit_gain` is the contrast's units per CT Hounsfield unit (the
+# peritumoral ring's amplitude, and the scanner's offset and noise of an extra channel); the
+# tumour's texture and necrotic core (`core`: its depth per unit of z_tumor, negative when
+# necrosis is bright) scale with `tumor_gain`; with response, the tumour's mean shifts by
+# -20 * `response_gain` and its texture amplitude by the factor 1.1 - `texture_response`.
 TISSUES = {
     "CT": {
         "air": -1000.0,
@@ -34,6 +39,10 @@ TISSUES = {
         "tumor": 10.0,  # hypoattenuating lesion (~50 HU below the organ), as on contrast CT
         "texture_gain": 1.0,
         "unit_gain": 1.0,
+        "tumor_gain": 1.0,
+        "core": 30.0,
+        "response_gain": 1.0,
+        "texture_response": 0.5,
     },
     "MR": {
         "air": 0.0,
@@ -45,6 +54,47 @@ TISSUES = {
         "tumor": 460.0,
         "texture_gain": 3.0,
         "unit_gain": 3.0,
+        "tumor_gain": 3.0,
+        "core": 30.0,
+        "response_gain": 3.0,
+        "texture_response": 0.5,
+    },
+    # Apparent diffusion coefficient, 1e-6 mm²/s: the cellular tumour restricts diffusion (dark),
+    # flowing blood is bright, fat (suppressed) and air (masked by the scanner) are dark. With
+    # response the tumour's diffusion rises towards the normal tissue's (~+500 at full response),
+    # and its necrotic core is bright.
+    "ADC": {
+        "air": 0.0,
+        "fat": 300.0,
+        "soft": 1600.0,
+        "organ": 1350.0,
+        "bone": 500.0,
+        "vessel": 2800.0,
+        "tumor": 800.0,
+        "texture_gain": 7.0,
+        "unit_gain": 10.0,
+        "tumor_gain": 7.0,
+        "core": -30.0,
+        "response_gain": -25.0,
+        "texture_response": 0.5,
+    },
+    # FDG uptake, SUV-like: background ~0.4-1, blood pool and organ ~1.6-2, an avid heterogeneous
+    # tumour (~9, a photopenic necrotic core) that fades to the background with response (its
+    # mean drops by ~7.8 and its heterogeneity to a tenth at full response).
+    "PET": {
+        "air": 0.0,
+        "fat": 0.4,
+        "soft": 1.0,
+        "organ": 2.0,
+        "bone": 1.2,
+        "vessel": 1.6,
+        "tumor": 9.0,
+        "texture_gain": 0.01,
+        "unit_gain": 0.02,
+        "tumor_gain": 0.08,
+        "core": 30.0,
+        "response_gain": 0.39,
+        "texture_response": 1.0,
     },
 }
 
@@ -184,11 +234,16 @@ class Anatomy:
         radial[near] += 0.12 * self.shape_field(local[near])
         return radial
 
-    def evaluate(self, pts: np.ndarray, progress: float) -> tuple[np.ndarray, np.ndarray]:
+    def evaluate(
+        self, pts: np.ndarray, progress: float, contrast: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Intensity (tissue units, before the scanner) and tumour mask at anatomical points,
         `progress` of the way through treatment (0: baseline, 1: follow-up; a mid-treatment scan
-        shows that share of the shrinkage and of the texture and ring change)."""
-        t = TISSUES[self.contrast]
+        shows that share of the shrinkage and of the texture and ring change).
+
+        `contrast` (a key of TISSUES; None: the reference's) only sets the tissue values: every
+        contrast sees the same structures, so co-registered channels line up with the mask."""
+        t = TISSUES[contrast or self.contrast]
         gain = t["texture_gain"]
         treated = progress > 0
         scale = _toward(self.shrinkage, progress)
@@ -230,15 +285,20 @@ class Anatomy:
 
         # Tumour texture: heterogeneity and grain follow z_tumor; a hypodense core when high.
         local = self.tumor_center + (pts[mask] - self.tumor_center) / scale
-        amp = float(np.clip(18.0 * (1.0 + 0.5 * self.z_tumor), 5.0, 45.0)) * gain
+        amp = float(np.clip(18.0 * (1.0 + 0.5 * self.z_tumor), 5.0, 45.0)) * t["tumor_gain"]
         base = t["tumor"]
         tex = self.texture_field(local)
         if treated:
             tex = _toward(0.7, progress) * tex + 0.3 * progress * self.texture_field_followup(local)
-            amp *= _toward(1.1 - 0.5 * self.response_degree, progress)
-            base -= 20.0 * self.response_degree * t["unit_gain"] * progress
+            amp *= _toward(1.1 - t["texture_response"] * self.response_degree, progress)
+            base -= 20.0 * self.response_degree * t["response_gain"] * progress
         radial = np.linalg.norm((local - self.tumor_center) @ self.tumor_axes_inv.T, axis=1)
-        core = np.clip(1.0 - radial / 0.5, 0.0, 1.0) * 30.0 * max(self.z_tumor, 0.0) * gain
+        core = (
+            np.clip(1.0 - radial / 0.5, 0.0, 1.0)
+            * t["core"]
+            * max(self.z_tumor, 0.0)
+            * t["tumor_gain"]
+        )
         img[mask] = base + amp * tex - core
         return img, mask
 

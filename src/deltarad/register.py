@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from deltarad.body import DEFAULT_THRESHOLDS, Threshold, body_mask
-from deltarad.preprocess import resample_label
+from deltarad.preprocess import normalize, resample_label
 from deltarad.qc import dice
 from deltarad.runlog import UserError
 
@@ -397,6 +397,51 @@ def resample_once(
         if normalised is not None:
             return normalised
     return resample_moving(moving, reference, transform)
+
+
+def carry_channel(
+    original_path: str | Path,
+    modality: str,
+    settings: Any,
+    fixed_path: str | Path,
+    transform_path: str | Path | None,
+    out_image: str | Path,
+    out_record: str | Path,
+) -> dict[str, Any]:
+    """Another channel of a timepoint (PET beside CT, ADC beside T2) onto the baseline grid:
+    from its original image, in one interpolation, through the reference channel's registration
+    of that timepoint (`transform_path`; None at baseline: the channels of a timepoint are
+    co-registered, so the identity), then normalised for its own modality on that grid
+    (:func:`deltarad.preprocess.normalize`, `settings` its PreprocessSettings).
+
+    Why the reference's transform rather than a registration of its own: the channels of one
+    timepoint share the patient's position (a hybrid scanner, one MR session), and a
+    registration on a functional channel (PET uptake, ADC) chases the treatment effect the
+    study measures."""
+    from deltarad import io
+
+    fixed = io.read_image(fixed_path)
+    transform = (
+        sitk.ReadTransform(str(transform_path))
+        if transform_path is not None
+        else sitk.Transform(3, sitk.sitkIdentity)
+    )
+    original = io.read_image(original_path)
+    warped = resample_moving(original, fixed, transform)
+    image, normalization = normalize(warped, modality, settings)
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    io.write_image(image, out_image)
+    record = {
+        "input_spacing": list(original.GetSpacing()),
+        "input_size": list(original.GetSize()),
+        "output_spacing": list(image.GetSpacing()),
+        "output_size": list(image.GetSize()),
+        "transform": "identity (baseline)" if transform_path is None else str(transform_path),
+        "interpolation": {"image": "bspline, once: original -> baseline grid"},
+        "normalization": normalization,
+    }
+    io.write_json(record, out_record)
+    return record
 
 
 def propagate_mask_file(

@@ -20,6 +20,11 @@ The generative model itself is in :mod:`deltarad.phantom`.
 Scanner effects per centre: intensity scale and offset, Gaussian noise, a reconstruction blur,
 and a voxel spacing of its own (the physical field of view is the same for all centres).
 
+Extra channels (``extra_channels``: a hybrid PET/CT, an ADC map beside a T2 MR) image each
+timepoint on the reference scan's grid, through the same motion and anatomy, with their own
+tissue contrast (:data:`deltarad.phantom.TISSUES`), their own noise and the centre's scanner
+effects converted to their units.
+
 Example:
     >>> from deltarad.synth import SynthConfig
     >>> cfg = SynthConfig.from_config({"patients_per_center": 1, "centers": [{"name": "A"}]})
@@ -46,20 +51,35 @@ from deltarad.layout import (
     BASELINE,
     FOLLOWUP,
     MID,
+    SYNTHETIC_MODALITY,
     SYNTHETIC_TIMEPOINTS,
     image_relpath,
     mask_relpath,
+    synthetic_channels,
     synthetic_patient_id,
     synthetic_patient_outputs,
     synthetic_timepoints,
     transform_relpath,
 )
-from deltarad.phantom import draw_misregistration, draw_patient, true_transform_from_parts
+from deltarad.phantom import (
+    TISSUES,
+    draw_misregistration,
+    draw_patient,
+    true_transform_from_parts,
+)
 
 TIMEPOINTS = SYNTHETIC_TIMEPOINTS
 # How far treatment has acted at each timepoint (0: none, 1: the follow-up's full response); the
 # mid-treatment scan shows half the shrinkage and texture change.
 PROGRESS = {BASELINE: 0.0, MID: 0.5, FOLLOWUP: 1.0}
+# The patient's first random streams (anatomy, motion, days, noise; the mid-treatment scan's
+# motion, days and noise); each extra channel then has one noise stream per timepoint slot.
+PATIENT_STREAMS = 8
+CHANNEL_STREAM_SLOTS = {BASELINE: 0, FOLLOWUP: 1, MID: 2}
+# PET's coarse resolution, added (in quadrature) to the centre's blur of a PET channel.
+PET_FWHM_MM = 4.0
+# Contrasts whose scanner adds a smooth multiplicative bias field (coil sensitivity).
+BIAS_FIELD_CONTRASTS = {"MR", "ADC"}
 # Every file simulate_patient writes (the workflow declares them without importing this module).
 patient_outputs = synthetic_patient_outputs
 # Column order of the generated sheets (records round-trip through JSON with sorted keys).
@@ -124,10 +144,20 @@ class SynthConfig:
     complete_degree: float = 1.0
     unlabelled_followups: float = 0.0
     centers: tuple[CenterSpec, ...] = field(default_factory=lambda: (CenterSpec("C1"),))
+    # (name, contrast) of each further channel of every timepoint, co-registered with the
+    # reference channel (named after `contrast`).
+    extra_channels: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_config(cls, block: dict[str, Any]) -> SynthConfig:
         """Build from the config's ``synthetic`` block; missing keys take the defaults."""
+        channels = synthetic_channels(block)
+        names = [name for name, _ in channels]
+        if len(set(names)) < len(names):
+            raise ValueError(f"synthetic channel names must differ (reference first): {names}")
+        unknown = sorted({contrast for _, contrast in channels} - set(TISSUES))
+        if unknown:
+            raise ValueError(f"synthetic contrast(s) {unknown} not among {sorted(TISSUES)}")
         mis = block.get("misregistration", {})
         response = block.get("response", {})
         default = cls()
@@ -166,6 +196,7 @@ class SynthConfig:
                 block.get("unlabelled_followups", default.unlabelled_followups)
             ),
             centers=centers,
+            extra_channels=tuple(channels[1:]),
         )
 
     @property
@@ -245,27 +276,34 @@ def _to_image(
 
 
 def _scanner(
-    cfg: SynthConfig,
     center: CenterSpec,
+    contrast: str,
+    reference: str,
     img: np.ndarray,
     shape: np.ndarray,
     spacing: np.ndarray,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """Apply a centre's blur, intensity transfer, bias field (MR) and noise."""
+    """Apply a centre's blur, intensity transfer, bias field (MR-like) and noise to a channel of
+    `contrast`. The centre's offset and noise are in the `reference` contrast's units: another
+    contrast gets them times the ratio of the two contrasts' units (TISSUES' ``unit_gain``); PET
+    adds its own coarse resolution to the blur."""
     vol = img.reshape(tuple(shape[::-1]))
-    if center.blur_mm > 0:
-        vol = ndimage.gaussian_filter(vol, center.blur_mm / spacing[::-1], mode="nearest")
-    vol = center.scale * vol + center.offset
-    if cfg.contrast == "MR":
-        # Smooth multiplicative bias field along a random direction (coil sensitivity).
+    blur = center.blur_mm
+    if contrast == "PET":
+        blur = float(np.hypot(blur, PET_FWHM_MM / (2.0 * np.sqrt(2.0 * np.log(2.0)))))
+    if blur > 0:
+        vol = ndimage.gaussian_filter(vol, blur / spacing[::-1], mode="nearest")
+    units = TISSUES[contrast]["unit_gain"] / TISSUES[reference]["unit_gain"]
+    vol = center.scale * vol + center.offset * units
+    if contrast in BIAS_FIELD_CONTRASTS:
         direction = rng.standard_normal(3)
         direction /= np.linalg.norm(direction)
         grids = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape[::-1]), indexing="ij")
         ramp = sum(d * g for d, g in zip(direction[::-1], grids, strict=True))
         vol = vol * (1.0 + 0.15 * ramp)
-    vol = vol + rng.normal(0.0, center.noise, vol.shape)
-    if cfg.contrast == "CT":
+    vol = vol + rng.normal(0.0, center.noise * units, vol.shape)
+    if contrast == "CT":
         return np.clip(np.rint(vol), -1024, 3071).astype(np.int16)
     return np.maximum(vol, 0.0).astype(np.float32)
 
@@ -305,7 +343,8 @@ def simulate_patient(cfg: SynthConfig, patient: Patient, root: str | Path) -> di
 
     A patient of :meth:`SynthConfig.unlabelled_patients` has no follow-up mask in its sheet row
     (as if never drawn; the file under masks/ and truth/ is still written). A complete
-    responder's follow-up mask is empty.
+    responder's follow-up mask is empty. Each extra channel adds an image (and a sheet row, without
+    a mask) per timepoint.
 
     The patient's random stream depends only on (seed, centre index, patient index), so patients
     can be generated in parallel and adding patients does not change existing ones.
@@ -313,9 +352,11 @@ def simulate_patient(cfg: SynthConfig, patient: Patient, root: str | Path) -> di
     root = Path(root)
     pid = patient.patient_id
     seq = np.random.SeedSequence([cfg.seed, patient.center_index, patient.patient_index])
-    # Streams 5-7 (mid-treatment scan) were added later: spawning more children leaves the first
-    # five, and so every earlier file, unchanged.
-    rngs = [np.random.default_rng(s) for s in seq.spawn(8)]
+    # Streams 5-7 (mid-treatment scan) and the extra channels' were added later: spawning more
+    # children leaves the first ones, and so every earlier file, unchanged.
+    slots = len(CHANNEL_STREAM_SLOTS)
+    n_streams = PATIENT_STREAMS + slots * len(cfg.extra_channels)
+    rngs = [np.random.default_rng(s) for s in seq.spawn(n_streams)]
     rng_anatomy, rng_motion, rng_days, rng_noise_b, rng_noise_f = rngs[:5]
     anatomy, record = draw_patient(cfg, rng_anatomy)
     motions = {FOLLOWUP: draw_misregistration(cfg, rng_motion)}
@@ -337,31 +378,49 @@ def simulate_patient(cfg: SynthConfig, patient: Patient, root: str | Path) -> di
         img, mask = anatomy.evaluate(anat_pts, PROGRESS[tp])
         if not mask.any() and not (tp == FOLLOWUP and anatomy.complete):
             raise RuntimeError(f"{pid} {tp}: synthetic tumour is empty; raise tumor_radius_mm")
-        image = _to_image(
-            _scanner(cfg, patient.center, img, shape, spacing, noise[tp]), shape, spacing, origin
+        scanned = _scanner(
+            patient.center, cfg.contrast, cfg.contrast, img, shape, spacing, noise[tp]
         )
         mask_img = _to_image(mask.astype(np.uint8), shape, spacing, origin)
-        io.write_image(image, root / image_relpath(pid, tp))
+        io.write_image(_to_image(scanned, shape, spacing, origin), root / image_relpath(pid, tp))
         io.write_image(mask_img, root / mask_relpath(pid, tp))
         io.write_image(mask_img, root / f"truth/masks/{pid}/{tp}.nii.gz")
         volumes[tp] = float(mask.sum() * np.prod(spacing))
+        # Extra channels: the same points (anatomy and motion), their own contrast and noise.
+        for k, (name, contrast) in enumerate(cfg.extra_channels):
+            rng = rngs[PATIENT_STREAMS + slots * k + CHANNEL_STREAM_SLOTS[tp]]
+            values, _ = anatomy.evaluate(anat_pts, PROGRESS[tp], contrast)
+            scanned = _scanner(patient.center, contrast, cfg.contrast, values, shape, spacing, rng)
+            io.write_image(
+                _to_image(scanned, shape, spacing, origin), root / image_relpath(pid, tp, name)
+            )
 
     for tp in timepoints[1:]:
         _write_truth_in_baseline(root, pid, tp, anatomy, motions[tp], (shape, spacing, origin))
-    modality = cfg.contrast
     unlabelled = cfg.is_unlabelled(pid)
-    samples = [
-        {
-            "patient_id": pid,
-            "center": patient.center.name,
-            "timepoint": tp,
-            "days": days[tp],
-            "modality": modality,
-            "image": image_relpath(pid, tp),
-            "mask": None if unlabelled and tp != BASELINE else mask_relpath(pid, tp),
-        }
-        for tp in timepoints
-    ]
+    samples = []
+    for tp in timepoints:
+        scan = {"patient_id": pid, "center": patient.center.name, "timepoint": tp, "days": days[tp]}
+        samples.append(
+            {
+                **scan,
+                "modality": SYNTHETIC_MODALITY[cfg.contrast],
+                "image": image_relpath(pid, tp),
+                "mask": None if unlabelled and tp != BASELINE else mask_relpath(pid, tp),
+                "channel": cfg.contrast,
+            }
+        )
+        # Masks are drawn on the reference channel only.
+        samples += [
+            {
+                **scan,
+                "modality": SYNTHETIC_MODALITY[contrast],
+                "image": image_relpath(pid, tp, name),
+                "mask": None,
+                "channel": name,
+            }
+            for name, contrast in cfg.extra_channels
+        ]
     clinical = {"patient_id": pid, **record["clinical"]}
     latent = {
         "patient_id": pid,

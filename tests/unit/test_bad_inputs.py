@@ -72,7 +72,7 @@ def test_wrong_file_type(cohort):
     samples.loc[0, "image"] = "images/C1-001/baseline.txt"
     io.write_table(samples, cohort / "samples.tsv")
     assert _problems(cohort) == [
-        "samples.tsv line 2, patient C1-001, timepoint baseline, modality CT, "
+        "samples.tsv line 2, patient C1-001, timepoint baseline, channel CT, "
         "column 'image': image has an unsupported file "
         f"type; expected one of {SUFFIXES} (images/C1-001/baseline.txt)"
     ]
@@ -84,7 +84,7 @@ def test_dicom_folder_instead_of_image(cohort):
     samples.loc[2, "image"] = "dicom/C1-002/baseline"
     io.write_table(samples, cohort / "samples.tsv")
     assert _problems(cohort) == [
-        "samples.tsv line 4, patient C1-002, timepoint baseline, modality CT, "
+        "samples.tsv line 4, patient C1-002, timepoint baseline, channel CT, "
         "column 'image': image is a folder, not an image "
         "file; convert a DICOM series with `deltarad ingest-dicom` first (dicom/C1-002/baseline)"
     ]
@@ -95,7 +95,7 @@ def test_missing_mask_file(cohort):
     samples.loc[1, "mask"] = "masks/C1-001/followup_GTV.nii.gz"
     io.write_table(samples, cohort / "samples.tsv")
     assert _problems(cohort) == [
-        "samples.tsv line 3, patient C1-001, timepoint followup, modality CT, "
+        "samples.tsv line 3, patient C1-001, timepoint followup, channel CT, "
         "column 'mask': file not found: "
         f"{cohort / 'masks/C1-001/followup_GTV.nii.gz'}"
     ]
@@ -105,7 +105,7 @@ def test_constant_image(cohort):
     rel = "images/C1-002/followup.nii.gz"
     _replace(cohort, rel, np.full_like(_array(cohort, rel), 100))
     assert _problems(cohort) == [
-        "samples.tsv line 5, patient C1-002, timepoint followup, modality CT, "
+        "samples.tsv line 5, patient C1-002, timepoint followup, channel CT, "
         "column 'image': image is constant (every voxel is "
         f"100): nothing to measure or register ({rel})"
     ]
@@ -125,7 +125,7 @@ def test_infinite_voxels_in_mha(cohort):
     samples.loc[6, "image"] = mha
     io.write_table(samples, cohort / "samples.tsv")
     assert _problems(cohort) == [
-        "samples.tsv line 8, patient C2-001, timepoint baseline, modality CT, "
+        "samples.tsv line 8, patient C2-001, timepoint baseline, channel CT, "
         "column 'image': image has 2 NaN or infinite "
         f"voxel(s) ({mha})"
     ]
@@ -136,7 +136,7 @@ def test_colour_image(cohort):
     grey = _array(cohort, rel)
     _replace(cohort, rel, np.stack([grey, grey, grey], axis=-1).astype(np.uint8), vector=True)
     assert _problems(cohort) == [
-        "samples.tsv line 6, patient C1-003, timepoint baseline, modality CT, "
+        "samples.tsv line 6, patient C1-003, timepoint baseline, channel CT, "
         "column 'image': image has 3 components per voxel, "
         f"expected a scalar image ({rel})"
     ]
@@ -149,7 +149,7 @@ def test_mask_touching_the_border(cohort):
     arr[5:8, 5:8, -1] = 1  # the last column (x = 31: centre C1 has 32 columns of 3 mm)
     _replace(cohort, rel, arr)
     assert _problems(cohort) == [
-        "samples.tsv line 5, patient C1-002, timepoint followup, modality CT, "
+        "samples.tsv line 5, patient C1-002, timepoint followup, channel CT, "
         "column 'mask': tumour (label 1) touches the image border at x = 31, z = 0: it is cut "
         "off by the field of view, so its shape, texture and ring features would be wrong; use a "
         f"scan covering the whole tumour or remove this row ({rel})"
@@ -161,7 +161,7 @@ def test_vector_mask(cohort):
     labels = _array(cohort, rel)
     _replace(cohort, rel, np.stack([labels, labels], axis=-1), vector=True)
     assert _problems(cohort) == [
-        "samples.tsv line 2, patient C1-001, timepoint baseline, modality CT, "
+        "samples.tsv line 2, patient C1-001, timepoint baseline, channel CT, "
         "column 'mask': mask has 2 components per voxel, "
         f"expected a label image ({rel})"
     ]
@@ -185,7 +185,7 @@ def test_followup_on_the_baseline_day(cohort):
     samples.loc[3, "days"] = "0"
     io.write_table(samples, cohort / "samples.tsv")
     assert _problems(cohort) == [
-        "samples.tsv line 5, patient C1-002, timepoint followup, modality CT, "
+        "samples.tsv line 5, patient C1-002, timepoint followup, channel CT, "
         "column 'days': follow-up scan must have days > 0 "
         "(after the baseline), found 0"
     ]

@@ -18,6 +18,7 @@ from deltarad.cohort import (
     read_validated_samples,
     timepoints_by_patient,
     validate_cohort,
+    validated_masks,
     validated_scan_rows,
 )
 
@@ -69,7 +70,7 @@ def test_missing_file_geometry_mismatch_and_duplicate_reported_together(tiny_coh
     _one(problems, "line 2", "patient C1-001", "column 'image'", "file not found", "nope.nii.gz")
     geo = _one(problems, "line 4", "patient C1-002", "column 'mask'", "spacing")
     assert "image" in geo and "(9, 9, 9)" in geo
-    _one(problems, "line 14", "patient C1-003", "column 'timepoint'", "duplicate scan", "line 7")
+    _one(problems, "line 14", "patient C1-003", "column 'channel'", "duplicate scan", "line 7")
 
 
 @pytest.mark.parametrize(
@@ -162,7 +163,7 @@ def test_missing_masks_need_a_way_to_predict_them(tiny_cohort):
     strict = ValidationSettings(centers=("C1", "C2"), masks="given")
     problems = _problems(tiny_cohort, strict)
     assert [p.split(":")[0] for p in problems] == [
-        f"samples.tsv line {n}, patient {pid}, timepoint followup, modality CT, column 'mask'"
+        f"samples.tsv line {n}, patient {pid}, timepoint followup, channel CT, column 'mask'"
         for n, pid in ((3, "C1-001"), (9, "C2-001"), (11, "C2-002"))
     ]
     assert all("no mask, and segmentation.masks is 'given'" in p for p in problems)
@@ -301,7 +302,7 @@ def test_planned_scans_of_the_synthetic_cohort(tiny_config):
 
 def test_validated_samples_read_once_per_file_version(tmp_path):
     path = tmp_path / "samples.validated.tsv"
-    path.write_text("patient_id\ttimepoint\tmodality\tmask\nP1\tbaseline\tCT\tNA\n")
+    path.write_text("patient_id\ttimepoint\tmodality\tmask\tchannel\nP1\tbaseline\tCT\tNA\tCT\n")
     first = read_validated_samples(path)
     pd.testing.assert_frame_equal(first, pd.read_csv(path, sep="\t", dtype=str))
     assert first["mask"].isna().all()
@@ -313,13 +314,26 @@ def test_validated_samples_read_once_per_file_version(tmp_path):
     assert row["modality"] == "CT" and not isinstance(row["mask"], str)
     with pytest.raises(TypeError):
         row["modality"] = "MR"  # type: ignore[index]
+    # Two channels per timepoint: the mask may be drawn on either; the first row is the
+    # reference channel's.
     path.write_text(
-        "patient_id\ttimepoint\tmodality\tmask\nP2\tbaseline\tMR\tm.nii.gz\nP2\tweek6\tMR\tNA\n"
+        "patient_id\ttimepoint\tmodality\tmask\tchannel\n"
+        "P2\tbaseline\tMR\tm.nii.gz\tT2\nP2\tbaseline\tMR\tNA\tADC\n"
+        "P2\tweek6\tMR\tNA\tT2\nP2\tweek6\tMR\tw.nii.gz\tADC\n"
     )
-    assert read_validated_samples(path)["patient_id"].tolist() == ["P2", "P2"]
+    assert read_validated_samples(path)["patient_id"].tolist() == ["P2"] * 4
     rows = validated_scan_rows(path)
-    assert sorted(rows) == [("P2", "baseline"), ("P2", "week6")]
-    assert rows[("P2", "baseline")]["mask"] == "m.nii.gz"
+    assert set(rows) == {
+        ("P2", "baseline"),
+        ("P2", "week6"),
+        *((("P2", tp, ch) for tp in ("baseline", "week6") for ch in ("T2", "ADC"))),
+    }
+    assert rows[("P2", "baseline")]["channel"] == "T2"
+    assert rows[("P2", "week6", "ADC")]["mask"] == "w.nii.gz"
+    assert dict(validated_masks(path)) == {
+        ("P2", "baseline"): "m.nii.gz",
+        ("P2", "week6"): "w.nii.gz",
+    }
 
 
 def test_timepoint_names_of_changes_are_reserved(tiny_cohort):
@@ -330,12 +344,82 @@ def test_timepoint_names_of_changes_are_reserved(tiny_cohort):
     assert "timepoint name 'delta-week6' is reserved" in problem
 
 
-def test_second_modality_at_a_timepoint_is_refused_not_dropped(tiny_cohort):
-    """Several modalities per timepoint are not supported yet: a clear error, never a scan
-    silently left out."""
+def test_second_channel_needs_the_study_to_list_its_channels(tiny_cohort):
+    """A second scan at a timepoint is never silently dropped: without cohort.channels it is an
+    error that says how to describe the study."""
     samples, _ = _sheets(tiny_cohort)
-    pet = samples.iloc[[0]].assign(modality="PET")
+    pet = samples.iloc[[0]].assign(modality="PET", channel="PET", mask=None)
     _write(tiny_cohort, pd.concat([samples, pet], ignore_index=True))
-    problem = _one(_problems(tiny_cohort), "line 14", "patient C1-001", "column 'modality'")
-    assert "several modalities per timepoint are not supported yet" in problem
-    assert "line 2 has another modality" in problem
+    problem = _one(_problems(tiny_cohort), "line 14", "patient C1-001", "column 'channel'")
+    assert "line 2 has another channel" in problem and "cohort.channels" in problem
+
+
+def _two_channels(root: Path) -> pd.DataFrame:
+    """The tiny cohort with a PET scan beside every CT scan (the CT image stands in for it)."""
+    samples, _ = _sheets(root)
+    samples["channel"] = "CT"
+    pet = samples.assign(modality="PET", channel="PET", mask=None)
+    return pd.concat([samples, pet], ignore_index=True)
+
+
+TWO_CHANNELS = ValidationSettings(centers=("C1", "C2"), channels=("CT", "PET"))
+
+
+def test_two_channel_study_validates_reference_first(tiny_cohort):
+    _write(tiny_cohort, _two_channels(tiny_cohort))
+    samples, _ = validate_cohort(
+        tiny_cohort / "samples.tsv", tiny_cohort / "clinical.tsv", TWO_CHANNELS
+    )
+    assert len(samples) == 24
+    firsts = samples.groupby(["patient_id", "timepoint"], sort=False)["channel"].first()
+    assert set(firsts) == {"CT"}
+    assert samples.loc[samples["channel"] == "PET", "mask"].isna().all()
+
+
+def test_channel_without_a_channel_column_is_the_modality(tiny_cohort):
+    samples, _ = validate_cohort(
+        tiny_cohort / "samples.tsv", tiny_cohort / "clinical.tsv", SETTINGS
+    )
+    assert (samples["channel"] == samples["modality"]).all()
+
+
+@pytest.mark.parametrize(
+    ("edit", "needles"),
+    [
+        # A channel the config does not list.
+        (
+            lambda s: s.assign(channel=s["channel"].where(s.index != 13, "ADC")),
+            ("line 15", "channel ADC (PET)", "column 'channel'", "not one of the study's channels"),
+        ),
+        # The reference channel missing at baseline.
+        (
+            lambda s: s.drop(index=0),
+            ("patient C1-001", "timepoint baseline", "channel CT", "registration reference"),
+        ),
+        # A later scan's channel without a baseline of that channel.
+        (
+            lambda s: s.drop(index=12),
+            ("patient C1-001", "timepoint followup", "channel PET", "has no baseline scan"),
+        ),
+        # Two scans of the same patient, timepoint and channel.
+        (
+            lambda s: pd.concat([s, s.iloc[[12]]], ignore_index=True),
+            ("line 26", "patient C1-001", "channel PET", "duplicate scan", "line 14"),
+        ),
+        # Two masks at one timepoint.
+        (
+            lambda s: s.assign(mask=s["mask"].where(s.index != 12, s.loc[0, "mask"])),
+            ("line 14", "channel PET", "column 'mask'", "a second mask at this timepoint"),
+        ),
+    ],
+    ids=[
+        "unlisted-channel",
+        "no-reference-at-baseline",
+        "later-without-baseline",
+        "duplicate",
+        "two-masks",
+    ],
+)
+def test_multichannel_bad_input(tiny_cohort, edit, needles):
+    _write(tiny_cohort, edit(_two_channels(tiny_cohort)))
+    _one(_problems(tiny_cohort, TWO_CHANNELS), *needles)

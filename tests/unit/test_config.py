@@ -45,6 +45,15 @@ def _write(tmp_path, data):
         ({"cohort": {"source": "sheets"}}, "'cohort.samples': required when cohort.source"),
         ({"synthetic": {"centers": [{"name": "A"}, {"name": "A"}]}}, "names must be unique"),
         (
+            {"cohort": {"channels": ["T2", "ADC"], "reference_channel": "DWI"}},
+            "'cohort.reference_channel': 'DWI' is not one of cohort.channels ['T2', 'ADC']",
+        ),
+        ({"cohort": {"channels": ["T2_ax"]}}, "'cohort.channels.0'"),
+        (
+            {"synthetic": {"extra_channels": [{"name": "CT", "contrast": "PET"}]}},
+            "channel names must differ",
+        ),
+        (
             {"synthetic": {"mid_treatment_days": [50, 70]}},
             "'synthetic.mid_treatment_days': must be [low, high] with low <= high and high "
             "before synthetic.followup_days starts, got [50, 70]",

@@ -138,7 +138,7 @@ def make_hazard_ratios() -> pd.DataFrame:
                 {
                     "feature_set": fset,
                     "model": model,
-                    "feature": f"delta__ring3to6mm__pyrad__original_glcm_F{j}",
+                    "feature": f"delta__CT__ring3to6mm__pyrad__original_glcm_F{j}",
                     "hr": hr,
                     "ci_low": hr * 0.7,
                     "ci_high": hr * 1.4,
@@ -156,7 +156,7 @@ def make_coefficients() -> pd.DataFrame:
                 "endpoint": e,
                 "model": m,
                 "feature_set": f,
-                "feature": f"baseline__tumor__pyrad__original_firstorder_F{j}",
+                "feature": f"baseline__CT__tumor__pyrad__original_firstorder_F{j}",
                 "coefficient": rng.normal(),
             }
             for e in ("response", "survival")
@@ -174,7 +174,7 @@ def make_harmonization() -> tuple[pd.DataFrame, pd.DataFrame]:
             for j in range(5):
                 check.append(
                     {
-                        "feature": f"baseline__tumor__pyrad__original_firstorder_F{j}",
+                        "feature": f"baseline__CT__tumor__pyrad__original_firstorder_F{j}",
                         "center": c,
                         "stage": stage,
                         "mean": 10 + shift * c_i * (j + 1),
@@ -470,11 +470,11 @@ def test_plan_enables_only_figures_whose_tables_are_produced(tmp_path):
 
 
 def test_short_feature_names():
-    assert common.short_feature("delta__ring3to6mm__pyrad__original_glcm_Contrast") == (
-        "delta · ring3to6mm · glcm_Contrast"
+    assert common.short_feature("delta__CT__ring3to6mm__pyrad__original_glcm_Contrast") == (
+        "delta · CT · ring3to6mm · glcm_Contrast"
     )
-    assert common.short_feature("baseline__tumor__pyrad__log-sigma-1-0-mm-3D_glcm_Idn") == (
-        "baseline · tumor · LoG1.0_glcm_Idn"
+    assert common.short_feature("baseline__CT__tumor__pyrad__log-sigma-1-0-mm-3D_glcm_Idn") == (
+        "baseline · CT · tumor · LoG1.0_glcm_Idn"
     )
     assert len(common.short_feature("x" * 200)) == 56
 

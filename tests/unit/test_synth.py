@@ -52,6 +52,7 @@ def test_sheets_list_every_file_with_centre_geometry(tiny_synth, tiny_cohort_ro)
     samples = io.read_tsv(tiny_cohort_ro / "samples.tsv")
     assert list(samples.columns) == SAMPLE_COLUMNS
     assert len(samples) == 12
+    assert set(samples["channel"]) == {"CT"}  # one channel, named after the contrast
     for row in samples.itertuples():
         image = io.read_image(tiny_cohort_ro / row.image)
         center = next(c for c in tiny_synth.centers if c.name == row.center)

@@ -309,12 +309,12 @@ def test_bad_user_sheets_stop_before_compute_listing_every_problem(tiny_cohort, 
     assert result.returncode != 0
     out = result.stdout + result.stderr
     assert "3 problem(s)" in out
-    assert "patient C1-001, timepoint baseline, modality CT, column 'image': file not found" in out
+    assert "patient C1-001, timepoint baseline, channel CT, column 'image': file not found" in out
     assert (
-        "patient C1-002, timepoint baseline, modality CT, column 'mask': mask grid differs from "
+        "patient C1-002, timepoint baseline, channel CT, column 'mask': mask grid differs from "
         "the image in origin" in out
     )
-    assert "patient C1-003, timepoint baseline, modality CT, column 'timepoint': duplicate" in out
+    assert "patient C1-003, timepoint baseline, channel CT, column 'timepoint': duplicate" in out
     assert not (workdir / "results/provenance.json").exists()
     assert not (workdir / "results/tables/samples.validated.tsv").exists()
 

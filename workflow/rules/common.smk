@@ -16,10 +16,11 @@ from deltarad.cohort import (
     planned_scans,
     read_validated_samples,
     timepoints_by_patient,
+    validated_masks,
     validated_scan_rows,
 )
 from deltarad.config import check_config, check_results_dir, schema_path
-from deltarad.layout import BASELINE, scan_paths
+from deltarad.layout import BASELINE, extra_channels, scan_paths
 from deltarad.layout import synthetic_patient_outputs as patient_outputs
 
 validate(config, schema=str(schema_path("config")))
@@ -45,6 +46,9 @@ PATIENTS = sorted(PLANNED["patient_id"].unique())
 PLANNED_TIMEPOINTS = timepoints_by_patient(PLANNED)
 # (patient, timepoint) of every scan after the baseline: registered to it, compared with it.
 LATER = PLANNED[PLANNED["timepoint"] != BASELINE]
+# Channels of every timepoint besides the registration reference (cohort.channels /
+# synthetic.extra_channels): carried onto the baseline grid with the reference's transform.
+EXTRA_CHANNELS = extra_channels(config)
 REPO = Path(workflow.basedir)
 ENVS = REPO / "envs"
 
@@ -58,14 +62,16 @@ def scaled_mem(base_mb):
     return request
 
 
-# A timepoint never ends in `_mask`: `{timepoint}_mask.nii.gz` names a scan's mask file.
-# (Lookbehinds at the wildcard's end, so that the text after it in a path does not count.)
-TIMEPOINT = r"[A-Za-z0-9_-]+(?<!_mask)"
+# A timepoint never ends in `_mask` (`{timepoint}_mask.nii.gz` names a scan's mask file) and
+# has no `__` (`{timepoint}__{channel}.nii.gz` names another channel's image). (A lookbehind at
+# the wildcard's end, so that the text after it in a path does not count.)
+TIMEPOINT = r"[A-Za-z0-9-]+(?:_[A-Za-z0-9-]+)*(?<!_mask)"
 
 
 wildcard_constraints:
     patient=r"[A-Za-z0-9_-]+",
     timepoint=TIMEPOINT,
+    channel=r"[A-Za-z0-9]+",
 
 
 def samples_sheet():
@@ -88,9 +94,13 @@ def validated_table():
 
 
 def validated_row(wildcards):
-    """The validated sheet's row of one scan (wildcards patient, timepoint)."""
+    """The validated sheet's row of one scan (wildcards patient, timepoint, and channel where
+    the scan is not the reference channel's)."""
     rows = validated_scan_rows(checkpoints.validate_cohort.get().output.samples)
-    return rows[(wildcards.patient, wildcards.timepoint)]
+    key = (wildcards.patient, wildcards.timepoint)
+    if "channel" in wildcards.keys():
+        key = (*key, wildcards.channel)
+    return rows[key]
 
 
 def validated_scan(wildcards):
@@ -103,10 +113,9 @@ def validated_scan(wildcards):
 
 
 def given_mask(patient, timepoint):
-    """The sheet's mask of a scan, or None where none was drawn."""
-    rows = validated_scan_rows(checkpoints.validate_cohort.get().output.samples)
-    mask = rows[(patient, timepoint)]["mask"]
-    return mask if isinstance(mask, str) else None
+    """The sheet's mask of a timepoint (drawn on any of its channels), or None."""
+    masks = validated_masks(checkpoints.validate_cohort.get().output.samples)
+    return masks[(patient, timepoint)]
 
 
 def mask_source(patient, timepoint):
@@ -139,12 +148,16 @@ def feature_timepoints(wildcards):
 
 
 def feature_scans(wildcards):
-    """Image and mask per timepoint for features, all on the preprocessed baseline grid: the
-    preprocessed baseline and later scans as registered onto it; each scan's mask given or
-    predicted (:func:`mask_source`)."""
+    """Image (every channel's) and mask per timepoint for features, all on the preprocessed
+    baseline grid: the preprocessed baseline and later scans as registered onto it; each scan's
+    mask given or predicted (:func:`mask_source`)."""
     files = {}
     for tp in feature_timepoints(wildcards):
         image, mask = scan_paths(RESULTS, wildcards.patient, tp)
+        for channel in EXTRA_CHANNELS:
+            files[f"{tp}__{channel}_image"] = scan_paths(
+                RESULTS, wildcards.patient, tp, channel
+            )[0]
         source = mask_source(wildcards.patient, tp)
         if source != "given":
             mask = (
@@ -203,6 +216,21 @@ def preprocess_inputs(wildcards):
     if config["preprocess"]["spacing"] == "auto":
         scan["fingerprint"] = RESULTS / "preprocess/fingerprint.json"
     return scan
+
+
+def channel_inputs(wildcards):
+    """Another channel's original image, the preprocessed baseline (reference channel) whose
+    grid it goes onto, and for a later timepoint the reference channel's registration, which
+    carries it (the channels of a timepoint are co-registered)."""
+    files = {
+        "original": validated_row(wildcards)["image"],
+        "fixed": RESULTS / f"preprocessed/{wildcards.patient}/{BASELINE}.nii.gz",
+    }
+    if wildcards.timepoint != BASELINE:
+        files["transform"] = (
+            RESULTS / f"registered/{wildcards.patient}/{wildcards.timepoint}.tfm"
+        )
+    return files
 
 
 def drawn_mask(wildcards):
@@ -268,12 +296,13 @@ def segmentation_scans(patients, masks=True):
     """Images (and, where drawn, masks) of `patients` on their baseline grids, by scan."""
     table = validated_table()
     files = {}
-    for pid, tp, drawn in table[table["patient_id"].isin(patients)][
-        ["patient_id", "timepoint", "mask"]
-    ].itertuples(index=False):
+    scans = table[table["patient_id"].isin(patients)][["patient_id", "timepoint"]]
+    for pid, tp in scans.drop_duplicates().itertuples(index=False):
         image, mask = scan_paths(RESULTS, pid, tp)
         files[f"{pid}__{tp}"] = image
-        if masks and isinstance(drawn, str):
+        for channel in EXTRA_CHANNELS:
+            files[f"{pid}__{tp}__{channel}"] = scan_paths(RESULTS, pid, tp, channel)[0]
+        if masks and given_mask(pid, tp):
             files[f"{pid}__{tp}_mask"] = mask
     return files
 

@@ -42,6 +42,7 @@ rule features_patient:
         settings=HANDCRAFTED_SETTINGS,
         timepoints=feature_timepoints,
         masks=feature_mask_sources,
+        channels=EXTRA_CHANNELS,
     script:
         "../scripts/features_patient.py"
 

@@ -57,3 +57,30 @@ rule preprocess_mask:
         runtime=10,
     script:
         "../scripts/preprocess_mask.py"
+
+
+# Another channel of a timepoint (PET beside CT, ADC beside T2), onto the baseline grid: at
+# baseline as it lies (co-registered with the reference channel), at a later timepoint through
+# the reference channel's registration (register.smk).
+rule channel_image:
+    input:
+        unpack(channel_inputs),
+    output:
+        image=RESULTS / "{stage}/{patient}/{timepoint}__{channel}.nii.gz",
+        record=RESULTS / "{stage}/{patient}/{timepoint}__{channel}.json",
+    log:
+        LOGS / "{stage}/{patient}/{timepoint}__{channel}.log",
+    wildcard_constraints:
+        stage="preprocessed|registered",
+    conda:
+        ENVS / "imaging.yaml"
+    threads: 1
+    resources:
+        mem_mb=scaled_mem(3000),
+        runtime=20,
+    params:
+        modality=scan_modality,
+        # The grid is the baseline's: only the normalisation settings apply.
+        settings={**config["preprocess"], "spacing": None},
+    script:
+        "../scripts/channel_image.py"

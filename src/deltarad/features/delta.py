@@ -23,7 +23,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-SEP = "__"
+from deltarad.features.naming import SEP, parse
+
+__all__ = ["SEP", "add_deltas", "delta_names", "is_change", "relative_change"]
 
 
 def relative_change(
@@ -88,17 +90,16 @@ def add_deltas(
     for reference, tp in pairs:
         name, relname = delta_names(tp, reference)
         for col in table.columns:
-            parts = col.split(SEP)
-            if len(parts) != 4 or parts[0] != reference or parts[2] in skip_sources:
+            parts = parse(col)
+            if parts is None or parts.timepoint != reference or parts.source in skip_sources:
                 continue
-            other = SEP.join([tp, *parts[1:]])
+            other = parts.at(tp)
             if other not in columns:
                 continue
             b = pd.to_numeric(table[col], errors="coerce").astype(float)
             f = pd.to_numeric(table[other], errors="coerce").astype(float)
-            rest = SEP.join(parts[1:])
-            deltas[f"{name}{SEP}{rest}"] = f - b
-            relative[f"{relname}{SEP}{rest}"] = relative_change(b, f, rel_floor, abs_floor)
+            deltas[parts.at(name)] = f - b
+            relative[parts.at(relname)] = relative_change(b, f, rel_floor, abs_floor)
     if not deltas:
         return table
     return pd.concat([table, pd.DataFrame({**deltas, **relative}, index=table.index)], axis=1)

@@ -3,13 +3,13 @@
 A column is ``{timepoint}__{channel}__{region}__{source}__{feature}``: the timepoint (or a
 change: ``delta``, ``reldelta-mid``, ...), the image channel the values were measured on (``CT``,
 ``PET``, ``T2``; a network's deep features name every channel it reads, joined by ``+``), the
-region (``tumor``, ``ring0-3mm``), the source (``original`` for pyradiomics, ``deep``, ``qc``
+region (``tumor``, ``ring0-3mm``), the source (``pyrad`` for pyradiomics, ``deep``, ``qc``
 for flags) and the feature. Parts never contain ``__``: validation rejects timepoint and channel
 names with it, and pyradiomics' and the network's feature names have none.
 
 Example:
-    >>> column("followup", "PET", "tumor", "original", "firstorder_Mean")
-    'followup__PET__tumor__original__firstorder_Mean'
+    >>> column("followup", "PET", "tumor", "pyrad", "original_firstorder_Mean")
+    'followup__PET__tumor__pyrad__original_firstorder_Mean'
     >>> parse("delta__CT__ring0-3mm__deep__l2_f001_mean").region
     'ring0-3mm'
     >>> parse("patient_id") is None

@@ -1,11 +1,13 @@
 """The feature table: one partial file per patient, merged into features/features.parquet.
 
-Columns are ``{timepoint}__{region}__{source}__{feature}`` (docs/output.md). A region that cannot
-be measured (empty ring, tumour below the minimum voxel count, refused by pyradiomics' checks)
-gets NA features, ``{timepoint}__{region}__qc__failed = True`` and one failure row
+Columns are ``{timepoint}__{channel}__{region}__{source}__{feature}``
+(:mod:`deltarad.features.naming`, docs/output.md). A region that cannot be measured on a channel
+(empty ring, tumour below the minimum voxel count, refused by pyradiomics' checks) gets NA
+features, ``{timepoint}__{channel}__{region}__qc__failed = True`` and one failure row
 ``patient_id, stage, error`` — the patient stays in the table. Per scan,
-``{timepoint}__tumor__qc__mask`` says which mask the features came from (``given`` or the
-predicting method) and ``{timepoint}__tumor__qc__absent`` marks a complete response.
+``{timepoint}__{reference}__tumor__qc__mask`` says which mask the features came from (``given``
+or the predicting method) and ``{timepoint}__{reference}__tumor__qc__absent`` marks a complete
+response (``reference``: the registration reference channel).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import SimpleITK as sitk
 
 from deltarad import io
 from deltarad.body import Threshold, threshold_for
-from deltarad.features.delta import SEP, add_deltas
+from deltarad.features.delta import add_deltas
 from deltarad.features.handcrafted import (
     SOURCE,
     absent_tumor_features,
@@ -30,8 +32,10 @@ from deltarad.features.handcrafted import (
     make_extractor,
     read_scan,
 )
+from deltarad.features.naming import QC, SEP, column, parse
 from deltarad.features.regions import TUMOR, parse_rings, region_name, series_regions
 from deltarad.layout import BASELINE
+from deltarad.runlog import UserError
 
 STAGE = "features"
 FAILURE_COLUMNS = ["patient_id", "stage", "error"]
@@ -109,38 +113,57 @@ def patient_features(
     patient_id: str,
     scans: Mapping[str, tuple[str | Path, str | Path]],
     settings: FeatureSettings,
-    modality: str | None = None,
+    channels: Mapping[str, str | None],
     extractor: Any = None,
     mask_sources: Mapping[str, str] | None = None,
+    extra_images: Mapping[str, Mapping[str, str | Path]] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One patient's row (every timepoint and region) and its failure rows.
+    """One patient's row (every timepoint, channel and region) and its failure rows.
+
+    `scans`: timepoint -> (reference channel's image, mask); `channels`: channel -> modality,
+    the reference first; `extra_images`: timepoint -> {channel: image} for the other channels,
+    on the same grid. The regions (tumour, rings) come from the mask and the reference image
+    and are measured on every channel.
 
     A later scan whose tumour has vanished (complete response) gets the defined shape features
     (sizes 0, so deltas of size are exact: -100 %), NA intensity and texture, rings around the
-    tumour bed, and ``{timepoint}__tumor__qc__absent = True``; it is not a failure."""
+    tumour bed, and ``{timepoint}__{reference}__tumor__qc__absent = True``; it is not a
+    failure."""
     extractor = extractor or make_extractor(settings.params)
+    names = list(channels)
+    reference = names[0]
     row: dict[str, Any] = {"patient_id": patient_id}
     flags: dict[str, bool | str] = {}
     failures = []
     for timepoint, image, regions, absent in series_scans(
-        patient_id, scans, settings, modality, mask_sources
+        patient_id, scans, settings, channels[reference], mask_sources
     ):
         if absent:
             regions = {n: r for n, r in regions.items() if n != TUMOR}
-        feats, errors = extract_regions(image, regions, extractor, settings.min_voxels())
-        if absent:
-            feats[TUMOR] = absent_tumor_features(extractor)
-        flags[SEP.join([timepoint, TUMOR, "qc", "absent"])] = absent
-        flags[SEP.join([timepoint, TUMOR, "qc", "mask"])] = (mask_sources or {}).get(
+        flags[column(timepoint, reference, TUMOR, QC, "absent")] = absent
+        flags[column(timepoint, reference, TUMOR, QC, "mask")] = (mask_sources or {}).get(
             timepoint, "given"
         )
-        for region in settings.regions:
-            for name, value in feats.get(region, {}).items():
-                row[SEP.join([timepoint, region, SOURCE, name])] = value
-            flags[SEP.join([timepoint, region, "qc", "failed"])] = region in errors
-            if region in errors:
-                failures.append((patient_id, STAGE, f"{timepoint}: {errors[region]}"))
-                log.warning("%s %s: %s", patient_id, timepoint, errors[region])
+        images = {reference: image}
+        for channel in names[1:]:
+            path = (extra_images or {}).get(timepoint, {}).get(channel)
+            if path is None:
+                raise UserError(f"patient {patient_id}, {timepoint}: no image of channel {channel}")
+            images[channel] = io.read_image(path)
+        for channel, channel_image in images.items():
+            feats, errors = extract_regions(
+                channel_image, regions, extractor, settings.min_voxels()
+            )
+            if absent:
+                feats[TUMOR] = absent_tumor_features(extractor)
+            for region in settings.regions:
+                for name, value in feats.get(region, {}).items():
+                    row[column(timepoint, channel, region, SOURCE, name)] = value
+                flags[column(timepoint, channel, region, QC, "failed")] = region in errors
+                if region in errors:
+                    where = f"{timepoint} {channel}"
+                    failures.append((patient_id, STAGE, f"{where}: {errors[region]}"))
+                    log.warning("%s %s: %s", patient_id, where, errors[region])
     return pd.DataFrame([{**row, **flags}]), pd.DataFrame(failures, columns=FAILURE_COLUMNS)
 
 
@@ -150,20 +173,27 @@ def write_patient(
     settings: FeatureSettings,
     out_table: str | Path,
     out_failures: str | Path,
-    modality: str | None = None,
+    channels: Mapping[str, str | None],
     mask_sources: Mapping[str, str] | None = None,
+    extra_images: Mapping[str, Mapping[str, str | Path]] | None = None,
 ) -> None:
     """Per-patient partial files (so touching one patient recomputes one patient)."""
     start = time.perf_counter()
     row, failures = patient_features(
-        patient_id, scans, settings, modality, mask_sources=mask_sources
+        patient_id,
+        scans,
+        settings,
+        channels,
+        mask_sources=mask_sources,
+        extra_images=extra_images,
     )
     io.write_table(row, out_table)
     io.write_table(failures, out_failures)
     log.info(
-        "%s: %d timepoints x %d regions, %d values, %d failed regions, %.1f s",
+        "%s: %d timepoints x %d channels x %d regions, %d values, %d failed regions, %.1f s",
         patient_id,
         len(scans),
+        len(channels),
         len(settings.regions),
         row.shape[1] - 1,
         len(failures),
@@ -171,20 +201,31 @@ def write_patient(
     )
 
 
-def patient_modality(samples: str | Path, patient_id: str) -> str | None:
-    """Modality of a patient's baseline in the validated sheet (chooses the body threshold)."""
+def patient_channels(samples: str | Path, patient_id: str) -> dict[str, str]:
+    """channel -> modality of a patient's baseline scans in the validated sheet, the reference
+    channel first (the validated sheet lists it first)."""
     table = io.read_tsv(samples)
-    rows = table[table["patient_id"] == patient_id]
-    return None if rows.empty else str(rows["modality"].iloc[0])
+    rows = table[(table["patient_id"] == patient_id) & (table["timepoint"] == BASELINE)]
+    if "channel" not in rows.columns:  # a sheet validated before channels existed
+        rows = rows.assign(channel=rows["modality"])
+    channel = rows["channel"].fillna(rows["modality"])
+    return dict(zip(channel.astype(str), rows["modality"].astype(str), strict=True))
+
+
+def patient_modality(samples: str | Path, patient_id: str) -> str | None:
+    """Modality of a patient's baseline reference scan in the validated sheet (chooses the body
+    threshold)."""
+    channels = patient_channels(samples, patient_id)
+    return next(iter(channels.values()), None)
 
 
 def _order(columns: Sequence[str], timepoints: Sequence[str]) -> list[str]:
     rank = {tp: i for i, tp in enumerate(timepoints)}
 
     def key(col: str) -> tuple:
-        parts = col.split(SEP)
-        qc = len(parts) > 2 and parts[2] == "qc"
-        return (qc, rank.get(parts[0], len(rank)), parts[0])
+        parts = parse(col)
+        timepoint = parts.timepoint if parts else col
+        return (bool(parts and parts.is_qc), rank.get(timepoint, len(rank)), timepoint)
 
     return sorted((c for c in columns if c != "patient_id"), key=key)
 

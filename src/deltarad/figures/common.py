@@ -184,8 +184,8 @@ def panel_grid(
 
 
 def short_feature(name: str, max_len: int = 56) -> str:
-    """A readable feature label: `delta__ring3to6mm__pyrad__original_glcm_Contrast` ->
-    `delta · ring3to6mm · glcm_Contrast`."""
+    """A readable feature label: `delta__CT__ring3to6mm__pyrad__original_glcm_Contrast` ->
+    `delta · CT · ring3to6mm · glcm_Contrast`."""
     parts = [p for p in name.split("__") if p not in ("pyrad",)]
     parts = [p.removeprefix("original_") for p in parts]
     # pyradiomics' filter prefixes: log-sigma-1-0-mm-3D_ -> LoG1.0_
@@ -193,9 +193,9 @@ def short_feature(name: str, max_len: int = 56) -> str:
     text = " · ".join(parts)
     if len(text) <= max_len:
         return text
-    # Keep `timepoint · region`, cut the front of the feature name: both ends are needed to
-    # tell features apart (`baseline · tumor · …_glszm_ZoneEntropy`).
-    head = " · ".join(parts[:2]) + " · " if len(parts) > 2 else ""
+    # Keep `timepoint · channel · region`, cut the front of the feature name: both ends are
+    # needed to tell features apart (`baseline · CT · tumor · …_glszm_ZoneEntropy`).
+    head = " · ".join(parts[:3]) + " · " if len(parts) > 3 else ""
     room = max_len - len(head) - 1
     if head and room >= 12:
         return head + "…" + parts[-1][-room:]

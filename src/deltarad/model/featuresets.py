@@ -1,8 +1,9 @@
 """Feature sets: which columns of features.parquet and the clinical sheet a model sees.
 
-A set selects imaging columns ``{timepoint}__{region}__{source}__{feature}`` by shell-style
-patterns per name part (``ring*``, ``*``) and clinical covariates by name; a set with both is a
-combined clinical + imaging model. QC flag columns (source ``qc``) are never features.
+A set selects imaging columns ``{timepoint}__{channel}__{region}__{source}__{feature}`` by
+shell-style patterns per name part (``ring*``, ``PET``, ``*``; channels default to all, so a set
+is per channel or combined) and clinical covariates by name; a set with both is a combined
+clinical + imaging model. QC flag columns (source ``qc``) are never features.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from deltarad.features.naming import parse
 from deltarad.model.harmonize import BATCH_COLUMN, COVARIATE_PREFIX
 from deltarad.runlog import UserError
 
 log = logging.getLogger(__name__)
-SEP = "__"
 
 
 class EmptyFeatureSet(UserError):
@@ -32,6 +33,7 @@ class FeatureSet:
     name: str
     clinical: tuple[str, ...] = ()
     timepoints: tuple[str, ...] = ()
+    channels: tuple[str, ...] = ("*",)
     regions: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()
     features: tuple[str, ...] = ("*",)
@@ -45,6 +47,7 @@ class FeatureSet:
             name=str(block["name"]),
             clinical=tup("clinical"),
             timepoints=tup("timepoints"),
+            channels=tup("channels", ["*"]),
             regions=tup("regions", ["*"] if block.get("timepoints") else []),
             sources=tup("sources", ["*"] if block.get("timepoints") else []),
             features=tup("features", ["*"]),
@@ -60,12 +63,13 @@ class FeatureSet:
             return []
         out = []
         for col in columns:
-            parts = col.split(SEP)
-            if len(parts) != 4 or parts[2] == "qc":
+            parts = parse(col)
+            if parts is None or parts.is_qc:
                 continue
-            tp, region, source, feat = parts
+            tp, channel, region, source, feat = parts
             if (
                 any(fnmatchcase(tp, p) for p in self.timepoints)
+                and any(fnmatchcase(channel, p) for p in self.channels)
                 and any(fnmatchcase(region, p) for p in self.regions)
                 and any(fnmatchcase(source, p) for p in self.sources)
                 and any(fnmatchcase(feat, p) for p in self.features)
@@ -132,11 +136,14 @@ def design(
     table = features.set_index("patient_id") if "patient_id" in features.columns else features
     cols = fs.imaging_columns(table.columns)
     if fs.uses_imaging and not cols:
-        sources = sorted({c.split(SEP)[2] for c in table.columns if c.count(SEP) == 3} - {"qc"})
+        parsed = [p for p in map(parse, table.columns) if p is not None and not p.is_qc]
+        sources = sorted({p.source for p in parsed})
+        channels = sorted({p.channel for p in parsed})
         raise EmptyFeatureSet(
             f"feature set '{fs.name}': no column of features.parquet matches timepoints "
-            f"{list(fs.timepoints)}, regions {list(fs.regions)}, sources {list(fs.sources)}, "
-            f"features {list(fs.features)} (sources present: {sources}); skipped"
+            f"{list(fs.timepoints)}, channels {list(fs.channels)}, regions {list(fs.regions)}, "
+            f"sources {list(fs.sources)}, features {list(fs.features)} (sources present: "
+            f"{sources}, channels present: {channels}); skipped"
         )
     parts = [table[cols].astype(float)] if cols else []
     if fs.clinical:

@@ -56,7 +56,8 @@ UNSEEN_POLICIES = ("estimate", "pooled")
 
 
 def is_imaging(column: str) -> bool:
-    """Imaging columns are ``{timepoint}__{region}__{source}__{feature}``; clinical ones not,
+    """Imaging columns are ``{timepoint}__{channel}__{region}__{source}__{feature}``; clinical
+    ones not,
     nor the centre and protected-covariate columns (they start with ``__``)."""
     return "__" in column and not column.startswith("__")
 

@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
+from deltarad.features.naming import parse
 from deltarad.model import response, survival
-from deltarad.model.harmonize import BATCH_COLUMN, ComBat, is_imaging
+from deltarad.model.harmonize import BATCH_COLUMN, ComBat
 from deltarad.model.steps import Impute
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ def harmonization_check(
     Features are chosen by the F statistic across training centres before harmonisation; the PCA
     is fitted on the training patients of each stage and applied to all patients."""
     table = features.set_index("patient_id")
-    cols = [c for c in table.columns if is_imaging(c) and c.split("__")[2] != "qc"]
+    cols = [c for c in table.columns if (part := parse(c)) is not None and not part.is_qc]
     if not cols:
         log.warning("harmonisation check: no imaging features")
         return pd.DataFrame(columns=CHECK_COLUMNS), pd.DataFrame(columns=EMBED_COLUMNS)

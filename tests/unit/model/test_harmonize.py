@@ -20,7 +20,7 @@ def planted(n_per: int = 12, p: int = 30, seed: int = 0) -> tuple[pd.DataFrame, 
     shift = {"A": 0.0, "B": 3.0, "C": -2.0}
     scale = {"A": 1.0, "B": 1.8, "C": 0.6}
     values = np.array([biology[i] * scale[c] + shift[c] for i, c in enumerate(centers)])
-    X = pd.DataFrame(values, columns=[f"baseline__tumor__pyrad__f{i}" for i in range(p)])
+    X = pd.DataFrame(values, columns=[f"baseline__CT__tumor__pyrad__f{i}" for i in range(p)])
     X["age"] = rng.normal(60, 5, len(X))
     X[BATCH_COLUMN] = centers
     return X, biology
@@ -140,9 +140,9 @@ def test_one_patient_centre_is_not_modelled_and_says_so(caplog):
 
 def test_constant_feature_and_disabled():
     X, _ = planted()
-    X["baseline__tumor__pyrad__const"] = 5.0
+    X["baseline__CT__tumor__pyrad__const"] = 5.0
     out = ComBat().fit(X).transform(X)
-    assert (out["baseline__tumor__pyrad__const"] == 5.0).all()
+    assert (out["baseline__CT__tumor__pyrad__const"] == 5.0).all()
     off = ComBat(enabled=False).fit(X).transform(X)
     pd.testing.assert_frame_equal(off, X.drop(columns=BATCH_COLUMN))
 
@@ -193,7 +193,7 @@ def planted_covariate(
         np.array([noise[i] * scale[c] + shift[c] for i, c in enumerate(centers)])
         + stage[:, None] * effect[None, :]
     )
-    X = pd.DataFrame(values, columns=[f"baseline__tumor__pyrad__f{i}" for i in range(p)])
+    X = pd.DataFrame(values, columns=[f"baseline__CT__tumor__pyrad__f{i}" for i in range(p)])
     X["__protect__stage"] = stage
     X["__protect__age"] = rng.normal(60, 8, len(X))
     X[BATCH_COLUMN] = centers
@@ -204,7 +204,7 @@ def _stage_slope_and_centre_spread(out: pd.DataFrame, X: pd.DataFrame) -> tuple[
     """Pooled OLS slope of the stage-driven features on stage, and the spread of the centre
     means of their stage-adjusted residuals (0 = no centre effect left)."""
     stage = X["__protect__stage"].to_numpy()
-    cols = [f"baseline__tumor__pyrad__f{i}" for i in range(6)]
+    cols = [f"baseline__CT__tumor__pyrad__f{i}" for i in range(6)]
     Y = out[cols].to_numpy()
     A = np.column_stack([np.ones_like(stage), stage])
     coef = np.linalg.lstsq(A, Y, rcond=None)[0]

@@ -54,10 +54,10 @@ def write_cohort(root, n_per=15, p=30, permute=False, extra_center=False, seed=0
     feats = pd.DataFrame({"patient_id": ids})
     for i in range(p):
         signal = z if i < 3 else 0
-        feats[f"baseline__tumor__pyrad__f{i}"] = (
+        feats[f"baseline__CT__tumor__pyrad__f{i}"] = (
             signal + rng.normal(size=n) + np.array([shift[c] for c in centers])
         )
-    feats["baseline__tumor__qc__failed"] = False
+    feats["baseline__CT__tumor__qc__failed"] = False
     response = (z + rng.normal(0, 0.7, n) > 0).astype(int)
     time = rng.exponential(np.exp(-z)) * 20 + 0.5
     event = (rng.random(n) < 0.75).astype(int)
@@ -325,10 +325,10 @@ def test_random_survival_forest_gets_seeded_permutation_importances(caplog):
     rng = np.random.default_rng(1)
     n = 60
     X = pd.DataFrame(
-        rng.normal(size=(n, 4)), columns=[f"baseline__tumor__pyrad__f{i}" for i in range(4)]
+        rng.normal(size=(n, 4)), columns=[f"baseline__CT__tumor__pyrad__f{i}" for i in range(4)]
     )
     X["__center__"] = np.repeat(["A", "B"], n // 2)
-    time = rng.exponential(np.exp(-1.5 * X["baseline__tumor__pyrad__f0"].to_numpy())) * 10
+    time = rng.exponential(np.exp(-1.5 * X["baseline__CT__tumor__pyrad__f0"].to_numpy())) * 10
     y = surv_array(time, rng.random(n) < 0.8)
     settings = ModelSettings.from_config(
         {"survival_models": {"random_survival_forest": {"n_estimators": 20}}, "inner_folds": 2}
@@ -343,7 +343,7 @@ def test_random_survival_forest_gets_seeded_permutation_importances(caplog):
     pd.testing.assert_frame_equal(tables[0], tables[1])  # seeded
     t = tables[0].set_index("feature")
     assert (t["importance_kind"] == "permutation").all() and t["coefficient"].isna().all()
-    assert t["importance"].idxmax() == "baseline__tumor__pyrad__f0"
+    assert t["importance"].idxmax() == "baseline__CT__tumor__pyrad__f0"
     assert list(summaries.COEF_COLUMNS[: len(COEFFICIENT_COLUMNS)]) == COEFFICIENT_COLUMNS
     # Training patients without a comparable pair (tiny cohorts): NA and a message, no crash.
     only_last = surv_array(time, time == time.max())
@@ -362,7 +362,7 @@ def test_deep_features_of_an_outcome_trained_encoder_only_on_unseen_patients(tmp
     feats = pd.read_parquet(tmp_path / "features.parquet")
     rng = np.random.default_rng(3)
     for i in range(4):
-        feats[f"baseline__tumor__deep__l1_f{i}_mean"] = rng.normal(size=len(feats))
+        feats[f"baseline__CT__tumor__deep__l1_f{i}_mean"] = rng.normal(size=len(feats))
     feats.to_parquet(tmp_path / "features.parquet", index=False)
     config = {
         **CONFIG,

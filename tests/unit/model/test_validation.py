@@ -32,7 +32,7 @@ def cohort(n_per: int = 10, p: int = 20, seed: int = 0):
     n = len(centers)
     z = rng.normal(size=n)
     X = pd.DataFrame(
-        rng.normal(size=(n, p)), columns=[f"baseline__tumor__pyrad__f{i}" for i in range(p)]
+        rng.normal(size=(n, p)), columns=[f"baseline__CT__tumor__pyrad__f{i}" for i in range(p)]
     )
     X.iloc[:, 0] += 2 * z
     X[BATCH_COLUMN] = centers
@@ -121,10 +121,10 @@ def test_reduce_keeps_clinical_and_k_imaging_features():
     X["age"] = np.arange(len(X), dtype=float)
     red = Reduce(k=3).fit(X.drop(columns=BATCH_COLUMN), y)
     assert red.features_[0] == "age" and len(red.features_) == 4
-    assert "baseline__tumor__pyrad__f0" in red.features_  # the planted signal
+    assert "baseline__CT__tumor__pyrad__f0" in red.features_  # the planted signal
     for method in ("mrmr", "l1"):
         chosen = Reduce(k=3, method=method).fit(X.drop(columns=BATCH_COLUMN), y).features_
-        assert "baseline__tumor__pyrad__f0" in chosen and len(chosen) <= 4
+        assert "baseline__CT__tumor__pyrad__f0" in chosen and len(chosen) <= 4
 
 
 def test_clinical_encoding_and_grid():
