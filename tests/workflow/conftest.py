@@ -13,7 +13,8 @@ import pytest
 from tests.conftest import CONFIGS, REPO
 
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-# The shared run's configuration: the tiny cohort with a third (mid-treatment) timepoint.
+# The shared run's configuration: the tiny cohort with a PET channel and a third (mid-treatment)
+# timepoint.
 RUN_CONFIGS = (*CONFIGS, Path(__file__).with_name("longitudinal.yaml"))
 
 

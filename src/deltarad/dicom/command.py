@@ -116,7 +116,9 @@ def add_ingest_parsers(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="where masks come from; auto prefers DICOM-SEG over RTSTRUCT",
     )
-    p.add_argument("--timepoints", type=Path, metavar="TSV", help="timepoint table (see docs)")
+    p.add_argument(
+        "--timepoints", type=Path, metavar="TSV", help="timepoint (and channel) table (see docs)"
+    )
     p.add_argument("--clinical", type=Path, metavar="TSV", help="clinical table by DICOM PatientID")
     p.add_argument("--center", type=_label, default="site1", help="centre label of this root")
     p.add_argument("--prefix", type=_label, default="P", help="prefix of the pseudonyms")
@@ -136,6 +138,10 @@ def add_ingest_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--channel", type=int, default=0, help="image channel to use (default 0)")
     p.add_argument("--cases", type=Path, metavar="TSV", help="case, patient_id, timepoint, days")
     p.add_argument("--center", type=_label, default="site1", help="centre label")
-    p.add_argument("--modality", choices=("CT", "MR", "PET"), help="override the channel name")
+    p.add_argument(
+        "--modality",
+        choices=("CT", "MR", "PET"),
+        help="the channel's modality (default: from its name)",
+    )
     p.add_argument("--strict", action="store_true", help="exit 1 if any case was skipped")
     p.set_defaults(func=cmd_ingest_nnunet)

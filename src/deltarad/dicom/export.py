@@ -134,9 +134,12 @@ def write_image_series(
     modality: str = "CT",
     seed: str = "",
     extra: Dataset | None = None,
+    channel: str | None = None,
 ) -> list[Dataset]:
     """One file per slice (IMG0001.dcm, ...); integer images keep slope 1, float images are
     quantised to 16 bits with a slope and intercept (the rounding the round trip allows).
+    The SeriesDescription starts with `channel` (default: the modality), which ingest derives
+    the channel back from, and ends with the institution (identifying text to cut out).
     `extra` holds further header fields for every slice (e.g. PET dose and timing)."""
     array = sitk.GetArrayFromImage(image)
     if np.issubdtype(array.dtype, np.integer):
@@ -161,7 +164,7 @@ def write_image_series(
         ds.PositionReferenceIndicator = ""
         ds.SeriesNumber = 2
         ds.InstanceNumber = k + 1
-        ds.SeriesDescription = f"{modality} 3mm {person.institution}"
+        ds.SeriesDescription = f"{channel or modality} {person.institution}"
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.ImagePositionPatient = [_ds_str(v) for v in origin + direction[:, 2] * k * spacing[2]]
         ds.ImageOrientationPatient = [_ds_str(v) for v in direction[:, :2].T.ravel()]
@@ -323,47 +326,68 @@ def export_cohort(
 ) -> pd.DataFrame:
     """Export every scan of a generated cohort as DICOM under `out`.
 
-    Layout: ``{MRN}_{FAMILY}/{YYYYMMDD}/CT/IMG*.dcm`` plus ``RS.dcm`` and ``SEG.dcm`` next to
-    the series folder. Returns one row per scan linking the original patient and timepoint
-    to the fake identity, the visit date and the written folder (the test's answer key).
+    Layout: ``{MRN}_{FAMILY}/{YYYYMMDD}/{channel}/IMG*.dcm`` (the sheet's `channel`, else the
+    modality), one study per timepoint with a series per channel, and ``RS.dcm`` and
+    ``SEG.dcm`` next to the series folder (``RS_{channel}.dcm``, ``SEG_{channel}.dcm`` when the
+    timepoint has several channels). Returns one row per scan linking the original patient,
+    timepoint and channel to the fake identity, the visit date and the written folder (the
+    test's answer key).
     """
     samples = io.read_tsv(Path(cohort_root) / "samples.tsv")
+    if "channel" not in samples.columns:
+        samples["channel"] = None
+    samples["channel"] = samples["channel"].fillna(samples["modality"])
     rows = []
     for index, pid in enumerate(sorted(samples["patient_id"].unique())):
         scans = samples[samples["patient_id"] == pid]
         person = fake_person(index, scans["center"].iloc[0])
         baseline = start + timedelta(days=31 * index)
-        for scan in scans.to_dict("records"):
-            visit = (baseline + timedelta(days=int(scan["days"]))).strftime("%Y%m%d")
-            seed = f"{pid}/{scan['timepoint']}"
-            study_uid = _uid(seed, "study")
+        for timepoint, visit_scans in scans.groupby("timepoint", sort=False):
+            several = len(visit_scans) > 1
+            days = int(visit_scans["days"].iloc[0])
+            visit = (baseline + timedelta(days=days)).strftime("%Y%m%d")
+            study_uid = _uid(f"{pid}/{timepoint}", "study")
             study = out / f"{person.patient_id}_{person.name.split('^')[0]}" / visit
-            image = io.read_image(Path(cohort_root) / scan["image"])
-            slices = write_image_series(
-                image, study / "CT", person, visit, study_uid, scan["modality"], seed
-            )
-            drawn = isinstance(scan["mask"], str)
-            mask = (
-                sitk.GetArrayFromImage(io.read_image(Path(cohort_root) / scan["mask"]))
-                if (masks and drawn)
-                else None
-            )
-            # Contours only where the sheet has a non-empty mask (an empty one is a complete
-            # response: a structure set would have no contour to hold).
-            if mask is not None and mask.any():
-                write_rtstruct(mask, image, slices, study / "RS.dcm", person, seed=seed)
-                write_seg(mask, slices, study / "SEG.dcm", seed=seed)
-            rows.append(
-                {
-                    "patient_id": pid,
-                    "timepoint": scan["timepoint"],
-                    "days": int(scan["days"]),
-                    "dicom_patient_id": person.patient_id,
-                    "study_date": visit,
-                    "series_folder": str(study / "CT"),
-                    "study_uid": study_uid,
-                    "series_uid": str(slices[0].SeriesInstanceUID),
-                    "phi": "|".join(person.strings + [visit]),
-                }
-            )
+            for scan in visit_scans.to_dict("records"):
+                channel = scan["channel"]
+                seed = f"{pid}/{timepoint}" + (f"/{channel}" if several else "")
+                suffix = f"_{channel}" if several else ""
+                image = io.read_image(Path(cohort_root) / scan["image"])
+                slices = write_image_series(
+                    image,
+                    study / channel,
+                    person,
+                    visit,
+                    study_uid,
+                    scan["modality"],
+                    seed,
+                    channel=channel,
+                )
+                drawn = isinstance(scan["mask"], str)
+                mask = (
+                    sitk.GetArrayFromImage(io.read_image(Path(cohort_root) / scan["mask"]))
+                    if (masks and drawn)
+                    else None
+                )
+                # Contours only where the sheet has a non-empty mask (an empty one is a complete
+                # response: a structure set would have no contour to hold).
+                if mask is not None and mask.any():
+                    write_rtstruct(
+                        mask, image, slices, study / f"RS{suffix}.dcm", person, seed=seed
+                    )
+                    write_seg(mask, slices, study / f"SEG{suffix}.dcm", seed=seed)
+                rows.append(
+                    {
+                        "patient_id": pid,
+                        "timepoint": timepoint,
+                        "channel": channel,
+                        "days": int(scan["days"]),
+                        "dicom_patient_id": person.patient_id,
+                        "study_date": visit,
+                        "series_folder": str(study / channel),
+                        "study_uid": study_uid,
+                        "series_uid": str(slices[0].SeriesInstanceUID),
+                        "phi": "|".join(person.strings + [visit]),
+                    }
+                )
     return pd.DataFrame(rows)

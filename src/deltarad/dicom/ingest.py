@@ -1,13 +1,14 @@
 """`deltarad ingest-dicom`: a DICOM folder tree in, pseudonymised NIfTI and sample sheets out.
 
-Per patient: image series get timepoints (study-date order, or a user's table), are converted
+Per patient: image series get timepoints (study-date order, or a user's table) and channels
+(:mod:`deltarad.dicom.channels`, or the user's table), are converted
 (:mod:`deltarad.dicom.series`), and get a mask from a DICOM-SEG or RTSTRUCT that references them
 (:mod:`deltarad.dicom.masks`). A problem with one series or one patient is recorded in
 ``failures.tsv`` and the rest goes on; a patient left without a usable baseline is dropped.
 
 Output (under ``out``): ``samples.tsv``, ``clinical.tsv`` (when a clinical table is given),
-``failures.tsv``, ``images/{pseudonym}/{timepoint}_{modality}.nii.gz`` (+ ``.json`` sidecar),
-``masks/{pseudonym}/{timepoint}_{modality}.nii.gz`` and ``logs/ingest_dicom.log``. Every text
+``failures.tsv``, ``images/{pseudonym}/{timepoint}_{channel}.nii.gz`` (+ ``.json`` sidecar),
+``masks/{pseudonym}/{timepoint}_{channel}.nii.gz`` and ``logs/ingest_dicom.log``. Every text
 written passes through the :class:`~deltarad.dicom.pseudonym.Scrubber`.
 """
 
@@ -16,9 +17,9 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import SimpleITK as sitk
 
 from deltarad import io
 from deltarad.cohort import BASELINE, SAMPLE_COLUMNS, CohortError, read_sheet
+from deltarad.dicom.channels import CHANNEL_PATTERN, derive_channel, header_texts
 from deltarad.dicom.discover import Discovery, Series, discover
 from deltarad.dicom.masks import MaskError, rasterise_rtstruct, read_seg, rtstruct_series_uid
 from deltarad.dicom.masks import seg_series_uid as _seg_series_uid
@@ -61,6 +63,16 @@ class IngestResult:
     @property
     def n_patients(self) -> int:
         return int(self.samples["patient_id"].nunique())
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """An image series placed in the study: its timepoint, days and channel."""
+
+    series: Series
+    timepoint: str
+    days: int
+    channel: str | None  # None until named: the timepoint table's, else derived
 
 
 @dataclass
@@ -131,14 +143,26 @@ def _mapping(path: Path) -> pd.DataFrame:
         raise UserError(
             f"timepoint table {path}: timepoint must be [A-Za-z0-9_-]+ (lines {', '.join(bad)})"
         )
+    if "channel" in df.columns:
+        bad = [
+            str(i + 2)
+            for i, ch in enumerate(df["channel"])
+            if str(ch).strip() and not CHANNEL_PATTERN.fullmatch(str(ch).strip())
+        ]
+        if bad:
+            raise UserError(
+                f"timepoint table {path}: channel must be letters and digits only "
+                f"(lines {', '.join(bad)})"
+            )
     return df
 
 
 def _assign_timepoints(
     run: _Run, patient: str, images: list[Series], table: pd.DataFrame | None
-) -> list[tuple[Series, str, int]]:
-    """(series, timepoint, days) of a patient's image series; failures recorded in `run`."""
-    labelled: list[tuple[Series, str]] = []
+) -> list[_Scan]:
+    """Timepoint and days of a patient's image series (with the channel where the timepoint
+    table names one); failures recorded in `run`."""
+    labelled: list[tuple[Series, str, str | None]] = []
     rows = None if table is None else table[table["patient_id"].str.strip() == patient]
     if rows is not None and len(rows):
         for line, row in rows.iterrows():
@@ -158,8 +182,9 @@ def _assign_timepoints(
                 run.fail(
                     patient, "timepoints", f"timepoint table line {line + 2} matches no series"
                 )
-            labelled += [(s, str(row["timepoint"]).strip()) for s in hits]
-        skipped = len(images) - len({id(s) for s, _ in labelled})
+            channel = str(row.get("channel", "")).strip() or None
+            labelled += [(s, str(row["timepoint"]).strip(), channel) for s in hits]
+        skipped = len(images) - len({id(s) for s, *_ in labelled})
         if skipped:
             run.info(f"patient {run.pid(patient)}: {skipped} series not in the timepoint table")
     else:
@@ -169,32 +194,67 @@ def _assign_timepoints(
             if s.date is None:
                 run.fail(patient, "timepoints", f"series in {_folder(run, s)} has no study date")
             else:
-                labelled.append((s, names[dates.index(s.date)]))
-    base_dates = {s.date for s, tp in labelled if tp == BASELINE}
+                labelled.append((s, names[dates.index(s.date)], None))
+    base_dates = {s.date for s, tp, _ in labelled if tp == BASELINE}
     if len(base_dates) != 1 or None in base_dates:
         run.fail(patient, "timepoints", "no single baseline date: patient skipped")
         return []
     base = datetime.strptime(base_dates.pop(), "%Y%m%d")
-    slots: dict[tuple[str, str], list[Series]] = {}
-    for s, tp in labelled:
-        slots.setdefault((tp, s.modality), []).append(s)
     out = []
-    for (tp, modality), group in slots.items():
-        if len(group) > 1:
-            where = ", ".join(_folder(run, s) for s in group)
-            run.fail(
-                patient,
-                "timepoints",
-                f"{len(group)} {modality} series at {tp} (in {where}); choose one with a "
-                "timepoint table (series_uid column)",
-            )
-            continue
-        s = group[0]
+    for s, tp, channel in labelled:
         days = (datetime.strptime(s.date, "%Y%m%d") - base).days if s.date else -1
         if days < 0:
             run.fail(patient, "timepoints", f"{tp} series in {_folder(run, s)} predates baseline")
             continue
-        out.append((s, tp, days))
+        out.append(_Scan(s, tp, days, channel))
+    return out
+
+
+def _described_modalities(placed: dict[str, list[_Scan]]) -> set[str]:
+    """The modalities with several series at one timepoint of some patient: their series are
+    named from their headers in every patient, the others after their modality."""
+    counts: dict[tuple[str, str, str], int] = {}
+    for patient, scans in placed.items():
+        for scan in scans:
+            key = (patient, scan.timepoint, scan.series.modality)
+            counts[key] = counts.get(key, 0) + 1
+    return {modality for (_, _, modality), n in counts.items() if n > 1}
+
+
+def _name_channels(
+    run: _Run, patient: str, scans: list[_Scan], described: set[str], cut: Callable[[str], str]
+) -> list[_Scan]:
+    """The scans with their channels; series sharing a channel at one timepoint are refused
+    (failures recorded in `run`): the sheet could not tell them apart."""
+    named = []
+    for scan in scans:
+        s = scan.series
+        channel = scan.channel or (
+            derive_channel(map(cut, header_texts(s.header)), s.modality)
+            if s.modality in described
+            else s.modality
+        )
+        named.append(replace(scan, channel=channel))
+    slots: dict[tuple[str, str], list[_Scan]] = {}
+    for scan in named:
+        slots.setdefault((scan.timepoint, scan.channel), []).append(scan)
+    out = []
+    for (tp, channel), group in slots.items():
+        if len(group) > 1:
+            where = "; ".join(
+                f"series {c.series.header.get('SeriesNumber', '?')} ({c.series.modality}) in "
+                f"{_folder(run, c.series)}"
+                for c in group
+            )
+            run.fail(
+                patient,
+                "channels",
+                f"{len(group)} series at {tp} would all be channel {channel} ({where}), and the "
+                "sheet could not tell them apart: in a timepoint table (--timepoints) keep one "
+                "by its series_uid, or name each in a channel column",
+            )
+            continue
+        out += group
     return out
 
 
@@ -260,13 +320,15 @@ def _mask_for(
 
 
 def _ingest_patient(
-    run: _Run, patient: str, series: list[Series], table: pd.DataFrame | None, out: Path
+    run: _Run, patient: str, series: list[Series], scans: list[_Scan], out: Path
 ) -> list[dict]:
+    """Convert a patient's named scans (and their masks) and write them; the sheet's rows."""
     images = [s for s in series if s.kind == "image"]
     masks = [s for s in series if s.kind != "image"]
     pid = run.pid(patient)
     converted = []
-    for s, tp, days in _assign_timepoints(run, patient, images, table):
+    for scan in scans:
+        s, what = scan.series, f"{scan.timepoint} {scan.channel}"
         try:
             check_folders_clean(s, run.found)
             volume = load_volume(s, run.found)
@@ -276,22 +338,22 @@ def _ingest_patient(
                 if isinstance(err, SeriesError)
                 else f"series in {_folder(run, s)}: {type(err).__name__}: {err}"
             )
-            run.fail(patient, "image", f"{tp} {s.modality}: {text}")
+            run.fail(patient, "image", f"{what}: {text}")
             continue
         try:
             mask, source = _mask_for(run, s, volume, masks, images)
         except Exception as err:  # noqa: BLE001 - a broken mask file must not stop the scan
             text = str(err) if isinstance(err, MaskError) else f"{type(err).__name__}: {err}"
-            run.fail(patient, "mask", f"{tp} {s.modality}: {text}; scan kept without a mask")
+            run.fail(patient, "mask", f"{what}: {text}; scan kept without a mask")
             mask, source = None, None
-        converted.append((s, tp, days, volume, mask, source))
-    if not any(tp == BASELINE for _, tp, *_ in converted):
+        converted.append((scan, volume, mask, source))
+    if not any(scan.timepoint == BASELINE for scan, *_ in converted):
         if images:
             run.fail(patient, "image", "no usable baseline scan: patient skipped")
         return []
     rows = []
-    for s, tp, days, volume, mask, source in converted:
-        stem = f"{tp}_{s.modality}"
+    for scan, volume, mask, source in converted:
+        stem = f"{scan.timepoint}_{scan.channel}"
         image_rel = f"images/{pid}/{stem}.nii.gz"
         io.write_image(volume.image, out / image_rel)
         mask_rel = None
@@ -302,10 +364,11 @@ def _ingest_patient(
             io.write_image(mask_img, out / mask_rel)
         io.write_json(
             {
-                "modality": s.modality,
+                "modality": scan.series.modality,
+                "channel": scan.channel,
                 "units": volume.units,
-                "timepoint": tp,
-                "days": days,
+                "timepoint": scan.timepoint,
+                "days": scan.days,
                 "slices": int(volume.image.GetSize()[2]),
                 "mask_source": source,
                 "roi_regex": run.options.roi_regex,
@@ -314,16 +377,17 @@ def _ingest_patient(
             out / f"images/{pid}/{stem}.json",
         )
         for note in volume.notes:
-            run.info(f"patient {pid} {tp} {s.modality}: {note}")
+            run.info(f"patient {pid} {scan.timepoint} {scan.channel}: {note}")
         rows.append(
             {
                 "patient_id": pid,
                 "center": run.options.center,
-                "timepoint": tp,
-                "days": days,
-                "modality": s.modality,
+                "timepoint": scan.timepoint,
+                "days": scan.days,
+                "modality": scan.series.modality,
                 "image": image_rel,
                 "mask": mask_rel,
+                "channel": scan.channel,
             }
         )
     return rows
@@ -388,11 +452,27 @@ def ingest_dicom(root: Path, out: Path, key: bytes, options: IngestOptions) -> I
             # A folder without any readable header cannot be checked for names: withhold it.
             where = found.relpath(path) if owners else f"{path.name} (folder withheld)"
             run.fail(owner, "discover", f"corrupt file {where}: {reason}")
+        series = {p: [s for s in found.series if s.patient_id == p] for p in patients}
+        placed: dict[str, list[_Scan]] = {}
+        for patient in patients:
+            images = [s for s in series[patient] if s.kind == "image"]
+            try:
+                placed[patient] = _assign_timepoints(run, patient, images, table)
+            except Exception as err:  # noqa: BLE001 - one patient must not stop the others
+                run.fail(patient, "ingest", f"{type(err).__name__}: {err}")
+                placed[patient] = []
+        described = _described_modalities(placed)
+        if described:
+            run.info(
+                f"several {'/'.join(sorted(described))} series at one timepoint: those series "
+                "are named by their descriptions (channel column), in every patient"
+            )
+        cut = scrubber.cutter()
         ingested: dict[str, str] = {}
         for patient in patients:
-            series = [s for s in found.series if s.patient_id == patient]
             try:
-                new = _ingest_patient(run, patient, series, table, out)
+                scans = _name_channels(run, patient, placed[patient], described, cut)
+                new = _ingest_patient(run, patient, series[patient], scans, out)
             except Exception as err:  # noqa: BLE001 - one patient must not stop the others
                 run.fail(patient, "ingest", f"{type(err).__name__}: {err}")
                 new = []

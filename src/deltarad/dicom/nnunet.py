@@ -2,8 +2,12 @@
 DeltaRad sample sheets.
 
 nnU-Net cases have no patients or timepoints, so a small case table maps them
-(``case, patient_id, timepoint, days``, optional ``center``, ``modality``); without it each case
-is its own patient's baseline. Images are referenced where they lie (no copy); masks are
+(``case, patient_id, timepoint, days``, optional ``center``, ``modality``, ``channel``); without it
+each case is its own patient's baseline. The sheet's channel is the modality, unless the dataset
+has several channels of that modality (T2 and ADC): then it is derived from the nnU-Net channel
+name as ``ingest-dicom`` derives it from a series description
+(:func:`deltarad.dicom.channels.derive_channel`), so that the sheets of the channels, imported
+one after the other, can be joined. Images are referenced where they lie (no copy); masks are
 rewritten as binary label-1 masks of the tumour label chosen by a regex on the label names,
 because DeltaRad's masks hold one tumour label.
 """
@@ -20,6 +24,7 @@ import SimpleITK as sitk
 
 from deltarad import io
 from deltarad.cohort import SAMPLE_COLUMNS, read_sheet
+from deltarad.dicom.channels import CHANNEL_PATTERN, derive_channel
 from deltarad.dicom.ingest import FAILURE_COLUMNS
 from deltarad.runlog import UserError
 
@@ -76,7 +81,10 @@ def ingest_nnunet(
     channels = meta.get("channel_names", meta.get("modality", {}))
     if str(channel) not in channels:
         raise UserError(f"channel {channel} not in dataset.json channel_names {channels}")
-    scan_modality = modality or _modality(str(channels[str(channel)]))
+    name = str(channels[str(channel)])
+    scan_modality = modality or _modality(name)
+    several = sum(_modality(str(n)) == scan_modality for n in channels.values()) > 1
+    scan_channel = derive_channel([name], scan_modality) if several else scan_modality
     tumour = _tumour_labels(meta.get("labels", {}), roi_regex)
     cases = _cases(dataset, ending)
     if cases_table is not None:
@@ -93,19 +101,24 @@ def ingest_nnunet(
             continue
         pid = str(info["patient_id"]).strip()
         tp = str(info["timepoint"]).strip()
+        row_modality = str(info.get("modality") or scan_modality).strip()
+        default = scan_channel if row_modality == scan_modality else row_modality
+        row_channel = str(info.get("channel") or default).strip()
         who = pid if ID_PATTERN.fullmatch(pid) else "unknown"
         image = dataset / "imagesTr" / f"{case}_{channel:04d}{ending}"
         label = dataset / "labelsTr" / f"{case}{ending}"
         try:
             if not ID_PATTERN.fullmatch(pid) or not ID_PATTERN.fullmatch(tp):
                 raise UserError(f"patient_id {pid!r} or timepoint {tp!r} is not [A-Za-z0-9_-]+")
+            if not CHANNEL_PATTERN.fullmatch(row_channel):
+                raise UserError(f"channel {row_channel!r} is not letters and digits only")
             if not image.is_file():
                 raise UserError(f"image of channel {channel} missing: {image}")
             labels = io.read_image(label)
             array = sitk.GetArrayFromImage(labels)
             mask = sitk.GetImageFromArray(np.isin(array, tumour).astype(np.uint8))
             mask.CopyInformation(labels)
-            mask_rel = f"masks/{pid}/{tp}_{scan_modality}.nii.gz"
+            mask_rel = f"masks/{pid}/{tp}_{row_channel}.nii.gz"
             io.write_image(mask, out / mask_rel)
         except UserError as err:
             failures.append({"patient_id": who, "stage": "nnunet", "error": f"{case}: {err}"})
@@ -116,9 +129,10 @@ def ingest_nnunet(
                 "center": str(info.get("center") or center).strip(),
                 "timepoint": tp,
                 "days": int(str(info["days"]).strip() or 0),
-                "modality": str(info.get("modality") or scan_modality).strip(),
+                "modality": row_modality,
                 "image": str(image),
                 "mask": mask_rel,
+                "channel": row_channel,
             }
         )
     samples = pd.DataFrame(rows, columns=SAMPLE_COLUMNS)

@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,6 +58,10 @@ PHI_TAGS = (
     "AcquisitionDate",
     "ContentDate",
 )
+# Free-text fields among them: identifying through what a site may have typed into them (a name,
+# a date). Channel names are derived from descriptions with those values cut out
+# (:meth:`Scrubber.cutter`), not from nothing.
+FREE_TEXT_TAGS = ("StudyDescription", "SeriesDescription")
 REDACTED = "[redacted]"
 
 
@@ -124,6 +129,7 @@ class Scrubber:
 
     min_length: int = 3
     values: dict[str, str] = field(default_factory=dict)
+    free_text: set[str] = field(default_factory=set)  # whole values of FREE_TEXT_TAGS
 
     def add(self, value: str, replacement: str = REDACTED) -> None:
         """Register one identifying value; later, longer or explicit replacements win."""
@@ -137,6 +143,8 @@ class Scrubber:
         for keyword in PHI_TAGS:
             for value in _values(ds, keyword):
                 self.add(value)
+                if keyword in FREE_TEXT_TAGS:
+                    self.free_text.add(value)
 
     def scrub(self, text: str) -> str:
         """`text` with every registered value replaced (longest first, case-insensitive)."""
@@ -146,3 +154,13 @@ class Scrubber:
         pattern = re.compile("|".join(re.escape(v) for v in ordered), re.IGNORECASE)
         lookup = {v.lower(): r for v, r in self.values.items()}
         return pattern.sub(lambda m: lookup.get(m.group(0).lower(), REDACTED), text)
+
+    def cutter(self) -> Callable[[str], str]:
+        """A function cutting every value registered now out of a text (each replaced by a
+        space), except whole free texts: it cleans a description of the names, dates and IDs
+        inside it, where :meth:`scrub` would redact the whole description."""
+        ordered = sorted((v for v in self.values if v not in self.free_text), key=len, reverse=True)
+        if not ordered:
+            return lambda text: text
+        pattern = re.compile("|".join(re.escape(v) for v in ordered), re.IGNORECASE)
+        return lambda text: pattern.sub(" ", text)

@@ -77,6 +77,8 @@ def test_sheets_validate_and_days_match(dicom_export, clinical_by_mrn, tmp_path)
         out / "samples.tsv", out / "clinical.tsv", ValidationSettings()
     )
     assert len(samples) == 12 and len(clinical) == 6
+    # One series per timepoint and modality: the channel is the modality.
+    assert (result.samples["channel"] == "CT").all()
     got = {(r.patient_id, r.timepoint): int(r.days) for r in result.samples.itertuples()}
     for row in manifest.itertuples():
         assert got[(pseudonym(row.dicom_patient_id, KEY.encode()), row.timepoint)] == row.days

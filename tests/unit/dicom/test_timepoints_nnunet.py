@@ -77,7 +77,7 @@ def test_nnunet_import_gives_valid_sheets(nnunet_dataset, labelled_cohort_ro, tm
     out = tmp_path / "out"
     samples, failures = ingest_nnunet(dataset, out, roi_regex="tumou?r", cases_table=cases)
     assert failures.empty and len(samples) == 12
-    assert set(samples["modality"]) == {"CT"}
+    assert set(samples["modality"]) == set(samples["channel"]) == {"CT"}
     validated, _ = validate_cohort(
         out / "samples.tsv", labelled_cohort_ro / "clinical.tsv", ValidationSettings()
     )
@@ -88,6 +88,28 @@ def test_nnunet_import_gives_valid_sheets(nnunet_dataset, labelled_cohort_ro, tm
         sitk.GetArrayFromImage(io.read_image(out / row["mask"])),
         sitk.GetArrayFromImage(io.read_image(truth)),
     )
+
+
+def test_nnunet_channels_of_one_modality_are_named(nnunet_dataset, tmp_path):
+    """T2 and ADC channels of one dataset: each import is named after its nnU-Net channel, so
+    that the two sheets can be joined; a case table may name the channel itself."""
+    dataset, cases = nnunet_dataset
+    meta = json.loads((dataset / "dataset.json").read_text())
+    meta["channel_names"] = {"0": "T2", "1": "ADC"}
+    (dataset / "dataset.json").write_text(json.dumps(meta))
+    for image in (dataset / "imagesTr").glob("*_0000.nii.gz"):
+        shutil.copy(image, image.with_name(image.name.replace("_0000", "_0001")))
+    for index, channel in ((0, "T2"), (1, "ADC")):
+        out = tmp_path / channel
+        samples, failures = ingest_nnunet(dataset, out, "tumour", index, cases)
+        assert failures.empty
+        assert set(samples["modality"]) == {"MR"} and set(samples["channel"]) == {channel}
+        assert samples["mask"].str.endswith(f"_{channel}.nii.gz").all()
+    table = io.read_tsv(cases)
+    table["channel"] = "DWI"
+    io.write_table(table, tmp_path / "cases_dwi.tsv")
+    samples, _ = ingest_nnunet(dataset, tmp_path / "dwi", "tumour", 1, tmp_path / "cases_dwi.tsv")
+    assert set(samples["channel"]) == {"DWI"}
 
 
 def test_nnunet_label_choice_and_missing_case(nnunet_dataset, tmp_path, capsys):
