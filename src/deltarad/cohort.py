@@ -436,7 +436,8 @@ def _channel_problems(
             continue
         baseline = {s.channel for _, s in by_timepoint.get((pid, BASELINE), [])}
         for line, scan in rows:
-            if baseline and scan.channel not in baseline:
+            listed = not settings.channels or scan.channel in settings.channels
+            if baseline and listed and scan.channel not in baseline:
                 problems.append(
                     Problem(
                         f"channel {scan.channel} has no baseline scan of this patient (a later "
