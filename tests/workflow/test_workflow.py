@@ -22,11 +22,14 @@ def test_tiny_workflow_writes_the_contract_outputs(finished_run, tiny_cohort_ro)
     results = finished_run / "results"
     samples = io.read_tsv(results / "tables/samples.validated.tsv")
     assert list(samples.columns) == SAMPLE_COLUMNS
-    # Three timepoints (tests/workflow/longitudinal.yaml adds the mid-treatment scan).
-    assert len(samples) == 18 and samples["patient_id"].nunique() == 6
+    # Three timepoints and two channels (tests/workflow/longitudinal.yaml adds the mid-treatment
+    # scan and a PET channel): the reference channel's row first, masks only on it.
+    assert len(samples) == 36 and samples["patient_id"].nunique() == 6
     assert samples.groupby("patient_id")["timepoint"].agg(list).map(tuple).unique().tolist() == [
-        ("baseline", "mid", "followup")
+        ("baseline", "baseline", "mid", "mid", "followup", "followup")
     ]
+    assert samples["channel"].tolist() == ["CT", "PET"] * 18
+    assert samples.loc[samples["channel"] == "PET", "mask"].isna().all()
     assert samples["image"].str.startswith("results/cohort/images/").all()
     # The workflow's per-patient generation equals the serial CLI generation, byte for byte.
     for rel in ("images/C2-003/followup.nii.gz", "truth/latent.tsv", "clinical.tsv"):
@@ -79,32 +82,47 @@ def test_features_table(finished_run):
         "delta-mid", "reldelta-mid",  # mid - baseline
         "delta-followup-from-mid", "reldelta-followup-from-mid",  # features.delta_previous
     }  # fmt: skip
-    assert "baseline__tumor__pyrad__original_firstorder_Mean" in table.columns
+    assert "baseline__CT__tumor__pyrad__original_firstorder_Mean" in table.columns
+    channels = {c.split("__")[1] for c in table.columns[1:]}
+    assert channels == {"CT", "PET", "CT+PET"}  # CT+PET: the network's deep features
 
 
 def test_every_scan_is_measured_with_its_mask_recorded(finished_run):
-    """Real-study cases of the tiny cohort: follow-up masks missing (C1-001, C2-001, C2-002:
-    predicted by the network), complete responses (C1-001, C2-002 predicted; C2-003 an empty
-    drawn mask). Every scan of the sheet has features, and the table says which mask."""
+    """Real-study cases of the tiny cohort: a PET channel beside CT, follow-up masks missing
+    (C1-001, C2-001, C2-002: predicted by the network), complete responses (C1-001, C2-002
+    predicted; C2-003 an empty drawn mask). Every scan (patient, timepoint, channel) of the sheet
+    has features, nothing else has, and the table says which mask each timepoint used."""
     results = finished_run / "results"
     samples = io.read_tsv(results / "tables/samples.validated.tsv")
     table = pd.read_parquet(results / "features/features.parquet").set_index("patient_id")
+    scans = {
+        (c.split("__")[0], c.split("__")[1])
+        for c in table.columns
+        if c.endswith("__pyrad__original_shape_VoxelVolume") and "delta" not in c
+    }
+    assert scans == set(zip(samples["timepoint"], samples["channel"], strict=True))
+    masks = samples.groupby(["patient_id", "timepoint"])["mask"].first()
     for scan in samples.itertuples():
-        source = table.loc[scan.patient_id, f"{scan.timepoint}__tumor__qc__mask"]
-        assert source == ("given" if isinstance(scan.mask, str) else "rpnet"), scan
-        volume = table.loc[
-            scan.patient_id, f"{scan.timepoint}__tumor__pyrad__original_shape_VoxelVolume"
-        ]
+        source = table.loc[scan.patient_id, f"{scan.timepoint}__CT__tumor__qc__mask"]
+        drawn = isinstance(masks[(scan.patient_id, scan.timepoint)], str)
+        assert source == ("given" if drawn else "rpnet"), scan
+        prefix = f"{scan.timepoint}__{scan.channel}"
+        volume = table.loc[scan.patient_id, f"{prefix}__tumor__pyrad__original_shape_VoxelVolume"]
         assert volume >= 0, scan  # measured (0 for a vanished tumour), never NA
-        ring = f"{scan.timepoint}__ring0to3mm__pyrad__original_firstorder_Mean"
+        ring = f"{prefix}__ring0to3mm__pyrad__original_firstorder_Mean"
         assert pd.notna(table.loc[scan.patient_id, ring]), scan
+        assert not table.loc[scan.patient_id, f"{prefix}__ring0to3mm__qc__failed"], scan
     cr = table.loc["C2-003"]
-    assert cr["followup__tumor__qc__absent"] and not cr["followup__tumor__qc__failed"]
-    assert cr["followup__tumor__pyrad__original_shape_VoxelVolume"] == 0
-    assert cr["reldelta__tumor__pyrad__original_shape_VoxelVolume"] == -1.0
+    assert cr["followup__CT__tumor__qc__absent"] and not cr["followup__CT__tumor__qc__failed"]
+    for channel in ("CT", "PET"):
+        assert cr[f"followup__{channel}__tumor__pyrad__original_shape_VoxelVolume"] == 0
+        assert cr[f"reldelta__{channel}__tumor__pyrad__original_shape_VoxelVolume"] == -1.0
+    # The PET channel shows the response: uptake in the tumour falls from baseline to mid.
+    pet = table["delta-mid__PET__tumor__pyrad__original_firstorder_Mean"].astype(float)
+    assert (pet.dropna() < 0).mean() >= 0.5
     seg = io.read_tsv(results / "tables/segmentation_qc.tsv")
     given = seg["mask_given"] == "True"
-    drawn = samples.set_index(["patient_id", "timepoint"])["mask"].notna()
+    drawn = masks.notna()
     assert given.tolist() == [
         drawn[(p, t)] for p, t in zip(seg.patient_id, seg.timepoint, strict=True)
     ]

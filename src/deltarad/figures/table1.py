@@ -30,8 +30,9 @@ def _count_pct(mask: pd.Series, denominator: int) -> str:
 
 
 def scan_spacing(samples: pd.DataFrame) -> pd.DataFrame:
-    """Voxel spacing (x, y, z mm) of every baseline scan as acquired, from the image headers."""
-    base = samples[samples["timepoint"] == "baseline"]
+    """Voxel spacing (x, y, z mm) of every baseline scan as acquired, from the image headers: of
+    the registration reference channel (the first row of a timepoint in the validated sheet)."""
+    base = samples[samples["timepoint"] == "baseline"].drop_duplicates("patient_id")
     rows = []
     for pid, image in zip(base["patient_id"], base["image"], strict=True):
         spacing = io.read_header(image)[0].spacing
