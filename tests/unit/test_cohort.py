@@ -326,7 +326,7 @@ def test_validated_samples_read_once_per_file_version(tmp_path):
     assert set(rows) == {
         ("P2", "baseline"),
         ("P2", "week6"),
-        *((("P2", tp, ch) for tp in ("baseline", "week6") for ch in ("T2", "ADC"))),
+        *(("P2", tp, ch) for tp in ("baseline", "week6") for ch in ("T2", "ADC")),
     }
     assert rows[("P2", "baseline")]["channel"] == "T2"
     assert rows[("P2", "week6", "ADC")]["mask"] == "w.nii.gz"

@@ -315,10 +315,16 @@ def network_training_inputs(wildcards):
 
 
 def training_modality(wildcards):
-    """The training centres' modality (nnU-Net's channel name; `CT` selects its CT scheme)."""
+    """The training centres' modality of the reference channel (nnU-Net's name of input channel
+    0; `CT` selects its CT scheme)."""
     table = validated_table()
     external = config["study"]["external_centers"]
-    return table.loc[~table["center"].isin(external), "modality"].mode().iloc[0]
+    reference = ~table["channel"].isin(EXTRA_CHANNELS)
+    return (
+        table.loc[reference & ~table["center"].isin(external), "modality"]
+        .mode()
+        .iloc[0]
+    )
 
 
 def nnunet_prediction_inputs(wildcards):

@@ -103,6 +103,7 @@ if DEEP_METHOD:
             model_folder=DEEP_MODEL_FOLDER,
             timepoints=feature_timepoints,
             masks=feature_mask_sources,
+            channels=EXTRA_CHANNELS,
         script:
             "../scripts/features_deep.py"
 

@@ -66,6 +66,8 @@ rule segment_train:
         settings=training_settings,
         external=config["study"]["external_centers"],
         results=RESULTS,
+        # The input channels besides the reference: changing them retrains.
+        channels=EXTRA_CHANNELS,
     script:
         "../scripts/segment_train.py"
 
@@ -90,6 +92,7 @@ rule segment_predict:
     params:
         overlap=SEGMENT["overlap"],
         results=RESULTS,
+        channels=EXTRA_CHANNELS,
     script:
         "../scripts/segment_predict.py"
 
@@ -140,6 +143,7 @@ rule network_predictions:
         methods=OUTCOME_METHODS,
         results=RESULTS,
         mask_label=config["validation"]["mask_label"],
+        channels=EXTRA_CHANNELS,
     script:
         "../scripts/network_predictions.py"
 
@@ -171,6 +175,7 @@ if NNUNET in SEGMENT["methods"] and not NNUNET_CFG["pretrained"]:
     rule nnunet_export:
         input:
             unpack(network_training_inputs),
+            samples=RESULTS / "tables/samples.validated.tsv",
         output:
             dataset_json=NNUNET_ROOT / "raw" / NNUNET_DATASET / "dataset.json",
             splits=NNUNET_ROOT / "preprocessed" / NNUNET_DATASET / "splits_final.json",
@@ -188,6 +193,8 @@ if NNUNET in SEGMENT["methods"] and not NNUNET_CFG["pretrained"]:
             channel_name=training_modality,
             seed=SEGMENT["seed"],
             mask_label=config["validation"]["mask_label"],
+            # nnU-Net's input channels 1, 2, ... (0 is the reference): changing them retrains.
+            channels=EXTRA_CHANNELS,
         script:
             "../scripts/nnunet_export.py"
 
@@ -265,5 +272,6 @@ if NNUNET in SEGMENT["methods"]:
         params:
             settings=NNUNET_CFG,
             model_folder=NNUNET_MODEL,
+            channels=EXTRA_CHANNELS,
         script:
             "../scripts/nnunet_predict.py"

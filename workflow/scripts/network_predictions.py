@@ -13,5 +13,6 @@ with log_to(snakemake.log[0]):
         Path(snakemake.input.samples),
         device=snakemake.config["segmentation"]["device"],
         mask_label=snakemake.params.mask_label,
+        extra_channels=list(snakemake.params.channels),
     )
     io.write_table(table, snakemake.output[0])

@@ -15,4 +15,5 @@ with log_to(snakemake.log[0]):
         Path(snakemake.output.mask),
         snakemake.params.overlap,
         device=snakemake.config["segmentation"]["device"],
+        extra_channels=list(snakemake.params.channels),
     )

@@ -18,4 +18,5 @@ with log_to(snakemake.log[0]):
         # Read here, not a param: moving to a GPU must not retrain.
         device=snakemake.config["segmentation"]["device"],
         excluded_path=Path(snakemake.input.excluded),
+        extra_channels=list(snakemake.params.channels),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,14 +30,20 @@ class PairPrediction:
     risk_score: float
 
 
-def load_model(folder: Path, device: torch.device) -> tuple[LongitudinalNet, TopologyPlan, Preset]:
-    """Rebuild a trained network from its folder (plan.json + checkpoint_final.pt)."""
+def load_model(
+    folder: Path, device: torch.device, channels: Sequence[str] | None = None
+) -> tuple[LongitudinalNet, TopologyPlan, Preset]:
+    """Rebuild a trained network from its folder (plan.json + checkpoint_final.pt). `channels`:
+    the study's (its registration reference first), checked against those the network reads
+    (:meth:`TopologyPlan.check_channels`)."""
     plan_path, ckpt_path = folder / "plan.json", folder / "checkpoint_final.pt"
     for path in (plan_path, ckpt_path):
         if not path.exists():
             raise UserError(f"trained network folder {folder}: missing {path.name}")
     meta = json.loads(plan_path.read_text())
     plan = TopologyPlan.from_json(meta["topology"])
+    if channels is not None:
+        plan.check_channels(channels, folder)
     p = meta["preset"]
     preset = Preset(
         p["name"], tuple(p["heads"]), p["fusion"], p["outcome_scales"], p["loss_weights"]
@@ -114,12 +120,13 @@ def predict_pair(
     window centred on the tumour (`centre`, default `roi_centre` of the predicted masks)."""
     probs = None
     if net.decoder is not None and segment:
+        n = len(pair.base)  # channels of a timepoint
 
         def both_timepoints(x: torch.Tensor) -> torch.Tensor:
-            out = net(x[:, :1], x[:, 1:], outcome=False, reconstruct=False)
+            out = net(x[:, :n], x[:, n:], outcome=False, reconstruct=False)
             return torch.sigmoid(torch.cat([out.seg[0][0], out.seg[1][0]], dim=1))
 
-        volume = np.stack([pair.base, pair.follow])
+        volume = np.concatenate([pair.base, pair.follow])
         prob = sliding_window(both_timepoints, volume, np.asarray(plan.patch_size), device, overlap)
         probs = (prob[0], prob[1])
     response = risk = math.nan
@@ -159,7 +166,7 @@ def roi_centre(pair: LoadedPair, probs: tuple[np.ndarray, np.ndarray] | None) ->
             return np.round(np.argwhere(mask).mean(axis=0)).astype(int)
     if probs is not None:
         return np.array(np.unravel_index(int(np.argmax(probs[0])), probs[0].shape))
-    return np.asarray(pair.base.shape) // 2
+    return np.asarray(pair.base.shape[1:]) // 2
 
 
 def outcome_centre(
@@ -193,10 +200,12 @@ def predict_mask(
     out_mask: Path,
     device_name: str,
     overlap: float = 0.5,
+    channels: Sequence[str] | None = None,
 ) -> Path:
-    """Predict one pair; write the baseline's (`baseline`) or the later scan's mask atomically."""
+    """Predict one pair; write the baseline's (`baseline`) or the later scan's mask atomically.
+    `channels`: the study's, checked against the network's (:func:`load_model`)."""
     device = resolve_device(device_name)
-    net, plan, preset = load_model(model_folder, device)
+    net, plan, preset = load_model(model_folder, device, channels)
     if not preset.segments:
         raise UserError(f"method {preset.name}: this network has no segmentation head")
     pair = load_pair(case, plan, need_masks=False)
@@ -211,21 +220,28 @@ def segment_image(
     device: torch.device,
     overlap: float = 0.5,
 ) -> np.ndarray:
-    """Foreground probability of one scan. A timepoint's mask depends on its own image only (the
-    Siamese encoder and the decoder see each timepoint alone), so one scan costs half a pair."""
+    """Foreground probability of one scan (`image`: its (channels, z, y, x) stack). A
+    timepoint's mask depends on its own images only (the Siamese encoder and the decoder see
+    each timepoint alone), so one scan costs half a pair."""
 
     def one_timepoint(x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(net.decoder(net.encoder(x))[0])
 
     patch = np.asarray(plan.patch_size)
-    return sliding_window(one_timepoint, image[None], patch, device, overlap)[0]
+    return sliding_window(one_timepoint, image, patch, device, overlap)[0]
 
 
-def predict_outcomes(model_folder: Path, cases: list[PairCase], device_name: str) -> pd.DataFrame:
+def predict_outcomes(
+    model_folder: Path,
+    cases: list[PairCase],
+    device_name: str,
+    channels: Sequence[str] | None = None,
+) -> pd.DataFrame:
     """Response probability and risk score of each pair (one model load for all patients). A
-    network without segmentation head looks at the window around the given baseline mask."""
+    network without segmentation head looks at the window around the given baseline mask.
+    `channels`: the study's, checked against the network's (:func:`load_model`)."""
     device = resolve_device(device_name)
-    net, plan, preset = load_model(model_folder, device)
+    net, plan, preset = load_model(model_folder, device, channels)
     rows = []
     for case in cases:
         if preset.segments:  # the network finds the tumour itself; the given masks are not read

@@ -2,14 +2,16 @@
 
 One nnU-Net-style encoder (conv-instance norm-leaky ReLU blocks, strided convolutions for
 downsampling; topology from :mod:`deltarad.segment.plan`) is applied to the baseline and to the
-registered follow-up with shared weights (Siamese, Jin et al. 2021). At every level the two
+registered follow-up with shared weights (Siamese, Jin et al. 2021); each timepoint's input is
+the stack of its channels (the plan's ``channels``: the registration reference, then the
+study's other co-registered images, as nnU-Net's input channels). At every level the two
 feature maps are fused (difference and/or concatenation). Heads, chosen by the preset:
 
 - segmentation: a U-Net decoder (shared weights) per timepoint, with deep supervision;
 - response (one logit) and survival (one log-risk score): pooled fused features of the deepest
   `outcome_scales` levels (multi-scale, Amyar et al. 2022) through a small MLP;
-- reconstruction: a skip-free decoder that rebuilds each input image from its bottleneck
-  (Amyar et al. 2022's auxiliary task).
+- reconstruction: a skip-free decoder that rebuilds each input image (every channel) from its
+  bottleneck (Amyar et al. 2022's auxiliary task).
 """
 
 from __future__ import annotations
@@ -41,11 +43,12 @@ class ConvBlock(nn.Sequential):
 
 
 class Encoder(nn.Module):
-    """The shared (Siamese) encoder: returns the feature map of every level, finest first."""
+    """The shared (Siamese) encoder over one timepoint's channel stack: returns the feature map
+    of every level, finest first."""
 
-    def __init__(self, plan: TopologyPlan, in_channels: int = 1) -> None:
+    def __init__(self, plan: TopologyPlan) -> None:
         super().__init__()
-        chans = [in_channels, *plan.features]
+        chans = [len(plan.channels), *plan.features]
         self.stages = nn.ModuleList(
             ConvBlock(chans[i], chans[i + 1], plan.kernels[i], plan.strides[i])
             for i in range(len(plan.features))
@@ -164,7 +167,7 @@ class LongitudinalNet(nn.Module):
             )
             self.outcome_head = OutcomeHead([plan.features[i] for i in self.outcome_levels])
         self.reconstructor = (
-            Decoder(plan, 1, skips=False, deep_supervision=1)
+            Decoder(plan, len(plan.channels), skips=False, deep_supervision=1)
             if "reconstruction" in preset.heads
             else None
         )

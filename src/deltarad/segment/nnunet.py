@@ -9,6 +9,10 @@ nnU-Net's planning, preprocessing, training and validation start workers with ``
 re-imports ``__main__``: a script calling :func:`plan_and_preprocess` or :func:`train` must do
 so under ``if __name__ == "__main__":``. :func:`predict` uses no workers and is safe anywhere.
 Order: export_dataset + write_patient_splits → plan_and_preprocess → train → predict.
+
+A study with several channels per timepoint gives nnU-Net several input channels, as its own
+datasets do: ``{case}_0000`` is the registration reference channel's image, ``{case}_0001``, ...
+the study's other channels (co-registered, on the same grid) in its order.
 """
 
 from __future__ import annotations
@@ -41,12 +45,19 @@ N_PROC_VAR, N_PROC_DA_VAR, RESULTS_VAR = "nnUNet_def_n_proc", "nnUNet_n_proc_DA"
 
 
 class NnunetCase(NamedTuple):
-    """One scan: `case_id` (``{patient}__{timepoint}``) names its files in the nnU-Net dataset."""
+    """One scan: `case_id` (``{patient}__{timepoint}``) names its files in the nnU-Net dataset;
+    `image` is its reference channel's image, `extra_images` its other channels' (in order)."""
 
     case_id: str
     patient_id: str
     image: Path
     mask: Path | None = None
+    extra_images: tuple[Path, ...] = ()
+
+    @property
+    def images(self) -> list[Path]:
+        """The images of nnU-Net's input channels 0, 1, ..."""
+        return [self.image, *self.extra_images]
 
 
 def case_id(patient_id: str, timepoint: str) -> str:
@@ -54,19 +65,32 @@ def case_id(patient_id: str, timepoint: str) -> str:
     return f"{patient_id}__{timepoint}"
 
 
-def cases_from_inputs(named: dict[str, Any]) -> list[NnunetCase]:
-    """Cases from a rule's named inputs: ``{patient}__{timepoint}`` (image) and
+def cases_from_inputs(
+    named: dict[str, Any], extra_channels: Sequence[str] = ()
+) -> list[NnunetCase]:
+    """Cases from a rule's named inputs: ``{patient}__{timepoint}`` (the reference channel's
+    image), ``{patient}__{timepoint}__{channel}`` (the image of each of `extra_channels`) and
     ``{patient}__{timepoint}_mask`` (its mask, optional); other names are ignored."""
-    images = {k: Path(str(v)) for k, v in named.items() if "__" in k and not k.endswith("_mask")}
-    return [
-        NnunetCase(
-            cid,
-            cid.split("__", 1)[0],
-            image,
-            Path(str(named[f"{cid}_mask"])) if f"{cid}_mask" in named else None,
+    images = {
+        k: Path(str(v))
+        for k, v in named.items()
+        if len(k.split("__")) == 2 and not k.endswith("_mask")
+    }
+    cases = []
+    for cid, image in sorted(images.items()):
+        missing = [ch for ch in extra_channels if f"{cid}__{ch}" not in named]
+        if missing:
+            raise UserError(f"nnU-Net case {cid}: no image of channel(s) {missing}")
+        cases.append(
+            NnunetCase(
+                cid,
+                cid.split("__", 1)[0],
+                image,
+                Path(str(named[f"{cid}_mask"])) if f"{cid}_mask" in named else None,
+                tuple(Path(str(named[f"{cid}__{ch}"])) for ch in extra_channels),
+            )
         )
-        for cid, image in sorted(images.items())
-    ]
+    return cases
 
 
 def configure_paths(root: Path, n_proc: int = 2) -> dict[str, Path]:
@@ -107,16 +131,35 @@ def _check_cases(cases: Sequence[NnunetCase]) -> None:
         seen.add(case.case_id)
 
 
+def channel_file(case_id: str, channel: int) -> str:
+    """nnU-Net's file name of input `channel` (0: the reference) of a case."""
+    return f"{case_id}_{channel:04d}{FILE_ENDING}"
+
+
 def _write_case(case: NnunetCase, folder: Path, label: int = 1) -> None:
     geometry, _, components = io.read_header(case.image)
     if components != 1 or len(geometry.size) != 3:
         raise UserError(f"{case.case_id}: nnU-Net export needs a scalar 3-D image: {case.image}")
     sub = "imagesTr" if case.mask is not None else "imagesTs"
-    target = folder / sub / f"{case.case_id}_0000{FILE_ENDING}"
-    if str(case.image).endswith(FILE_ENDING):
-        shutil.copyfile(case.image, target)
-    else:
-        sitk.WriteImage(io.read_image(case.image), str(target), useCompression=True)
+    for channel, image in enumerate(case.images):
+        target = folder / sub / channel_file(case.case_id, channel)
+        own, _, components = io.read_header(image)
+        if components != 1:
+            raise UserError(f"{case.case_id}: nnU-Net export needs scalar images: {image}")
+        bad = geometry.mismatches(own)
+        if bad:
+            raise UserError(
+                f"{case.case_id}: channel image {image} differs from {case.image} in "
+                f"{', '.join(bad)}; a scan's channels must share one grid"
+            )
+        if own == geometry and str(image).endswith(FILE_ENDING):
+            shutil.copyfile(image, target)
+        else:  # another format, or the grid within our tolerance: exactly the reference's
+            data = io.read_image(image)
+            data.SetSpacing(geometry.spacing)
+            data.SetOrigin(geometry.origin)
+            data.SetDirection(geometry.direction)
+            sitk.WriteImage(data, str(target), useCompression=True)
     if case.mask is None:
         return
     mask = io.read_image(case.mask)
@@ -146,7 +189,7 @@ def export_dataset(
     root: Path,
     dataset_id: int,
     name: str,
-    channel_name: str,
+    channel_names: str | Sequence[str],
     labels: dict[str, int] | None = None,
     mask_label: int = 1,
 ) -> Path:
@@ -155,11 +198,19 @@ def export_dataset(
     Cases with a mask go to imagesTr/labelsTr (voxels ``== mask_label`` become label 1, every
     other value background), the others to imagesTs. The dataset is built in a hidden folder
     and renamed into place at the end, so an interrupted export never looks complete.
-    `channel_name` matters: ``CT`` selects nnU-Net's CT intensity normalisation, anything else
-    per-image z-scoring.
+    `channel_names`: nnU-Net's name of each input channel (one name: a single channel), the
+    reference first. They matter: ``CT`` selects nnU-Net's CT intensity normalisation, anything
+    else per-image z-scoring.
     """
     cases = list(cases)
     _check_cases(cases)
+    names = [channel_names] if isinstance(channel_names, str) else list(channel_names)
+    for case in cases:
+        if len(case.images) != len(names):
+            raise UserError(
+                f"nnU-Net export: case {case.case_id} has {len(case.images)} channel image(s) "
+                f"but the dataset's channels are {names}"
+            )
     labels = labels or {"background": 0, "tumor": 1}
     if sorted(labels.values()) != [0, 1]:
         raise UserError(f"nnU-Net labels must be background 0 and one tumour label 1: {labels}")
@@ -181,7 +232,7 @@ def export_dataset(
         for case in cases:
             _write_case(case, tmp, mask_label)
         meta = {
-            "channel_names": {"0": channel_name},
+            "channel_names": {str(i): n for i, n in enumerate(names)},
             "labels": labels,
             "numTraining": n_train,
             "file_ending": FILE_ENDING,
@@ -244,21 +295,25 @@ def export_training_set(
     root: Path,
     dataset_id: int,
     name: str,
-    channel_name: str,
+    channel_names: str | Sequence[str],
     n_folds: int,
     seed: int,
     mask_label: int = 1,
+    extra_channels: Sequence[str] = (),
 ) -> dict[str, Path]:
     """The export rule's one call: the raw dataset and its patient-level splits.
 
     The splits are checked first, so a cohort too small for `n_folds` fails before any copying.
+    `channel_names`: nnU-Net's name of each input channel (:func:`export_dataset`);
+    `extra_channels`: the study's channels besides the reference, whose images are named inputs
+    too (:func:`cases_from_inputs`).
     """
-    cases = cases_from_inputs(named_inputs)
+    cases = cases_from_inputs(named_inputs, extra_channels)
     final_name = dataset_name(dataset_id, name)
     preprocessed = Path(root).resolve() / "preprocessed" / final_name
     with tempfile.TemporaryDirectory() as scratch:
         write_patient_splits(cases, n_folds, seed, Path(scratch))
-    raw = export_dataset(cases, root, dataset_id, name, channel_name, mask_label=mask_label)
+    raw = export_dataset(cases, root, dataset_id, name, channel_names, mask_label=mask_label)
     splits = write_patient_splits(cases, n_folds, seed, preprocessed)
     return {"dataset_json": raw / "dataset.json", "splits": splits}
 
@@ -426,9 +481,10 @@ def train(
 
 
 def check_model_folder(
-    model_folder: Path, folds: Sequence[int | str] | str, checkpoint: str
+    model_folder: Path, folds: Sequence[int | str] | str, checkpoint: str, n_channels: int = 1
 ) -> list[int | str]:
-    """Validate a (possibly user-supplied) trained model folder before loading it."""
+    """Validate a (possibly user-supplied) trained model folder before loading it: its files,
+    and that it reads `n_channels` input channels (the images DeltaRad gives per scan)."""
     model_folder = Path(model_folder)
     if not model_folder.is_dir():
         raise UserError(f"nnU-Net model folder not found: {model_folder}")
@@ -444,17 +500,18 @@ def check_model_folder(
             raise UserError(f"nnU-Net model folder {model_folder} lacks fold {fold}: {path}")
     meta = json.loads((model_folder / "dataset.json").read_text())
     channels = meta.get("channel_names", meta.get("modality", {}))
-    if len(channels) != 1:
+    if len(channels) != n_channels:
         raise UserError(
-            f"nnU-Net model {model_folder} expects {len(channels)} input channels "
-            f"({channels}); DeltaRad gives one image per scan"
+            f"nnU-Net model {model_folder} expects {len(channels)} input channel(s) "
+            f"({channels}); the study gives {n_channels} image(s) per scan (its registration "
+            "reference, then its other channels)"
         )
     return wanted
 
 
 def predict(
     model_folder: Path,
-    cases: Sequence[tuple[str, Path]],
+    cases: Sequence[tuple[str, Path | Sequence[Path]]],
     out_dir: Path,
     device: str = "auto",
     folds: Sequence[int | str] | str = ("0",),
@@ -466,7 +523,9 @@ def predict(
 ) -> list[Path]:
     """Predict ``out_dir/{case_id}.nii.gz`` binary masks on each input image's grid.
 
-    Works on our models and on a user's pretrained nnU-Net model folder alike. Runs in this
+    Each case is its id and its image, or its channels' images (the registration reference
+    first, then the others in the order the model was trained on; the mask lies on the first's
+    grid). Works on our models and on a user's pretrained nnU-Net model folder alike. Runs in this
     process (nnU-Net's sequential predictor: no worker processes, so no ``__main__`` guard
     needed). nnU-Net writes its label map with its own writer (which knows the model's reader
     and axis order); we keep `labels` (default: every foreground label) as 1, check the grid
@@ -474,18 +533,26 @@ def predict(
     mirrored test-time passes (8x fewer forward passes in 3-D; a little less accurate).
     `out_paths`, when given, replaces ``out_dir/{case_id}.nii.gz`` (one path per case).
     """
-    wanted = check_model_folder(model_folder, folds, checkpoint)
+    inputs = [
+        (cid, [Path(image)] if isinstance(image, str | Path) else [Path(p) for p in image])
+        for cid, image in cases
+    ]
+    counts = sorted({len(images) for _, images in inputs})
+    if len(counts) > 1:
+        raise UserError(f"nnU-Net prediction: cases with {counts} channel images; give each all")
+    wanted = check_model_folder(model_folder, folds, checkpoint, counts[0] if counts else 1)
     torch_device = resolve_device(device)
     os.environ[N_PROC_VAR] = str(int(n_proc))
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     torch.set_num_threads(max(1, n_proc))
-    for cid, image in cases:
+    for cid, images in inputs:
         if not ID_PATTERN.fullmatch(cid):
             raise UserError(f"case id {cid!r} must be [A-Za-z0-9_-]+")
-        if not Path(image).is_file():
-            raise UserError(f"{cid}: image not found: {image}")
+        for image in images:
+            if not image.is_file():
+                raise UserError(f"{cid}: image not found: {image}")
     predictor = nnUNetPredictor(
         tile_step_size=0.5,
         use_gaussian=True,
@@ -504,19 +571,19 @@ def predict(
     targets = (
         [Path(p) for p in out_paths]
         if out_paths is not None
-        else [out_dir / f"{cid}{FILE_ENDING}" for cid, _ in cases]
+        else [out_dir / f"{cid}{FILE_ENDING}" for cid, _ in inputs]
     )
-    if len(targets) != len(cases):
-        raise UserError(f"{len(cases)} cases to predict but {len(targets)} output paths")
+    if len(targets) != len(inputs):
+        raise UserError(f"{len(inputs)} cases to predict but {len(targets)} output paths")
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     with tempfile.TemporaryDirectory(prefix=".nnunet_predict.", dir=out_dir) as scratch:
-        stems = [str(Path(scratch) / cid) for cid, _ in cases]
+        stems = [str(Path(scratch) / cid) for cid, _ in inputs]
         predictor.predict_from_files_sequential(
-            [[str(Path(image).resolve())] for _, image in cases], stems, False, True
+            [[str(p.resolve()) for p in images] for _, images in inputs], stems, False, True
         )
-        for (_, image), stem, target in zip(cases, stems, targets, strict=True):
-            written.append(_binary_mask(Path(stem + ending), Path(image), labels, target))
+        for (_, images), stem, target in zip(inputs, stems, targets, strict=True):
+            written.append(_binary_mask(Path(stem + ending), images[0], labels, target))
     return written
 
 

@@ -27,14 +27,16 @@ def load_network(
     fold: int | str = 0,
     checkpoint: str = "checkpoint_final.pth",
     device: str = "auto",
+    n_channels: int = 1,
 ) -> NnunetNetwork:
     """One fold's network, rebuilt by nnU-Net's predictor, for reading its encoder.
 
     A single fold, never an ensemble: folds are separately trained networks whose channels do
     not correspond, so averaging their activations would mean nothing. Only 3-D configurations
-    (2-D ones encode slices, not volumes).
+    (2-D ones encode slices, not volumes). `n_channels`: the images given per scan, which the
+    model must read.
     """
-    wanted = check_model_folder(model_folder, [fold], checkpoint)
+    wanted = check_model_folder(model_folder, [fold], checkpoint, n_channels)
     torch_device = resolve_device(device)
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
@@ -64,13 +66,15 @@ def load_network(
     return NnunetNetwork(net, predictor.plans_manager, config, torch_device)
 
 
-def normalize_for_network(array: np.ndarray, model: NnunetNetwork) -> np.ndarray:
-    """nnU-Net's own intensity normalisation of one (z, y, x) scan, as its preprocessor does it.
+def normalize_for_network(arrays: np.ndarray, model: NnunetNetwork) -> np.ndarray:
+    """nnU-Net's own intensity normalisation of one scan's (channels, z, y, x) images, as its
+    preprocessor does it.
 
-    The scheme (CT, z-score, ...) and intensity statistics come from the plans. nnU-Net first
-    crops to the bounding box of the non-zero region and normalises inside it (z-score
-    statistics from it; with ``use_mask_for_norm`` only inside the non-zero mask); outside that
-    box, which nnU-Net never shows its network, we write 0, the value nnU-Net pads with.
+    Each channel's scheme (CT, z-score, ...) and intensity statistics come from the plans.
+    nnU-Net first crops to the bounding box of the region where any channel is non-zero and
+    normalises inside it (z-score statistics from it; with ``use_mask_for_norm`` only inside the
+    non-zero mask); outside that box, which nnU-Net never shows its network, we write 0, the
+    value nnU-Net pads with.
     """
     import nnunetv2
     from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice
@@ -81,20 +85,21 @@ def normalize_for_network(array: np.ndarray, model: NnunetNetwork) -> np.ndarray
     from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
     config = model.configuration_manager
-    scheme = config.normalization_schemes[0]
-    cls = recursive_find_python_class(
-        str(Path(nnunetv2.__path__[0]) / "preprocessing" / "normalization"),
-        scheme,
-        "nnunetv2.preprocessing.normalization",
-    )
-    if cls is None or not issubclass(cls, ImageNormalization):
-        raise UserError(f"nnU-Net normalisation scheme {scheme!r} not found in nnunetv2")
-    normalizer = cls(
-        use_mask_for_norm=config.use_mask_for_norm[0],
-        intensityproperties=model.plans_manager.foreground_intensity_properties_per_channel["0"],
-    )
-    data = np.asarray(array, dtype=np.float32)[None]
+    properties = model.plans_manager.foreground_intensity_properties_per_channel
+    data = np.asarray(arrays, dtype=np.float32)
     cropped, seg, bbox = crop_to_nonzero(data.copy())
-    out = np.zeros(data.shape[1:], dtype=np.float32)
-    out[bounding_box_to_slice(bbox)] = normalizer.run(cropped[0], seg[0])
+    out = np.zeros(data.shape, dtype=np.float32)
+    for channel, scheme in enumerate(config.normalization_schemes):
+        cls = recursive_find_python_class(
+            str(Path(nnunetv2.__path__[0]) / "preprocessing" / "normalization"),
+            scheme,
+            "nnunetv2.preprocessing.normalization",
+        )
+        if cls is None or not issubclass(cls, ImageNormalization):
+            raise UserError(f"nnU-Net normalisation scheme {scheme!r} not found in nnunetv2")
+        normalizer = cls(
+            use_mask_for_norm=config.use_mask_for_norm[channel],
+            intensityproperties=properties[str(channel)],
+        )
+        out[(channel, *bounding_box_to_slice(bbox))] = normalizer.run(cropped[channel], seg[0])
     return out

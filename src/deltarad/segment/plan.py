@@ -10,6 +10,7 @@ by files on disk.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,16 +91,25 @@ class TopologyPlan:
     kernels: list[list[int]]
     features: list[int]
     median_shape: list[int]
-    modality: str
-    # Intensity normalisation: CT clips to foreground percentiles then z-scores with dataset
-    # statistics (as nnU-Net); MR and PET are z-scored per image.
-    normalization: dict[str, float | str]
+    # Per input channel, the registration reference first, then the study's other channels in
+    # its order: the channel's name, modality and intensity normalisation (CT clips to
+    # foreground percentiles then z-scores with dataset statistics, as nnU-Net; MR and PET are
+    # z-scored per image).
+    channels: list[str]
+    modalities: list[str]
+    normalizations: list[dict[str, float | str]]
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TopologyPlan:
+        """The plan of a plan.json's ``topology``. One written before channels existed (one
+        ``modality`` and ``normalization``) is a single channel named after its modality."""
+        if "channels" not in data:
+            data = dict(data)
+            modality, normalization = data.pop("modality"), data.pop("normalization")
+            data.update(channels=[modality], modalities=[modality], normalizations=[normalization])
         return cls(**data)
 
     @property
@@ -107,19 +117,54 @@ class TopologyPlan:
         """Each axis of an input must be a multiple of this (product of the strides)."""
         return np.prod(np.asarray(self.strides), axis=0)
 
+    def check_channels(self, channels: Sequence[str], where: str | Path) -> None:
+        """A UserError (about `where`: the model folder) unless a study's `channels` (its
+        reference first, then the others) feed this network: the same other channels in the
+        same order. Input 0 is the registration reference whatever its name, so a
+        single-channel network reads any single-channel study, as before channels existed."""
+        if list(channels[1:]) != self.channels[1:]:
+            raise UserError(
+                f"{where}: the network reads the channels {self.channels} (the registration "
+                f"reference first) but the study has {list(channels)}; train it on the "
+                "study's channels"
+            )
+
+
+def channel_normalization(modality: str, foreground: np.ndarray) -> dict[str, float | str]:
+    """A channel's intensity normalisation: CT clips to the 0.5-99.5th percentiles of the
+    foreground values and z-scores with their statistics (nnU-Net's CT scheme); any other
+    modality (or CT without foreground) is z-scored per image."""
+    if modality != "CT" or not foreground.size:
+        return {"scheme": "zscore"}
+    lo, hi = np.percentile(foreground, [0.5, 99.5])
+    clipped = np.clip(foreground, lo, hi)
+    return {
+        "scheme": "ct",
+        "clip_low": float(lo),
+        "clip_high": float(hi),
+        "mean": float(clipped.mean()),
+        "std": float(max(clipped.std(), 1e-6)),
+    }
+
 
 def plan_topology(
     shapes: list[tuple[int, int, int]],
     spacing: tuple[float, float, float],
-    modality: str,
-    foreground: np.ndarray,
+    channels: Mapping[str, str],
+    foreground: Sequence[np.ndarray],
     max_patch: tuple[int, int, int] = (96, 96, 96),
     base_features: int = 16,
     max_features: int = 256,
     min_feature_map: int = 4,
     max_stages: int = 6,
 ) -> TopologyPlan:
-    """nnU-Net-like plan from the training images' shapes (z, y, x order) and foreground values."""
+    """nnU-Net-like plan from the training images' shapes (z, y, x order), the input `channels`
+    (name -> modality, the registration reference first) and each channel's foreground values."""
+    if len(foreground) != len(channels):
+        raise UserError(
+            f"segmentation: foreground values of {len(foreground)} channels for the input "
+            f"channels {list(channels)}"
+        )
     if not shapes:
         raise UserError("segmentation: no training images to plan the network from")
     median = np.median(np.asarray(shapes), axis=0).astype(int)
@@ -144,19 +189,6 @@ def plan_topology(
     divisor = np.prod(np.asarray(strides), axis=0)
     patch = (np.ceil(patch / divisor) * divisor).astype(int)
     features = [min(base_features * 2**i, max_features) for i in range(len(strides))]
-    normalization: dict[str, float | str]
-    if modality == "CT" and foreground.size:
-        lo, hi = np.percentile(foreground, [0.5, 99.5])
-        clipped = np.clip(foreground, lo, hi)
-        normalization = {
-            "scheme": "ct",
-            "clip_low": float(lo),
-            "clip_high": float(hi),
-            "mean": float(clipped.mean()),
-            "std": float(max(clipped.std(), 1e-6)),
-        }
-    else:
-        normalization = {"scheme": "zscore"}
     return TopologyPlan(
         patch_size=patch.tolist(),
         spacing=[float(s) for s in sp],
@@ -164,14 +196,18 @@ def plan_topology(
         kernels=kernels,
         features=features,
         median_shape=median.tolist(),
-        modality=modality,
-        normalization=normalization,
+        channels=list(channels),
+        modalities=list(channels.values()),
+        normalizations=[
+            channel_normalization(m, f) for m, f in zip(channels.values(), foreground, strict=True)
+        ],
     )
 
 
-def normalize(array: np.ndarray, plan: TopologyPlan) -> np.ndarray:
-    """Intensity normalisation recorded in the plan (the same at training and inference)."""
-    norm = plan.normalization
+def normalize(array: np.ndarray, plan: TopologyPlan, channel: int = 0) -> np.ndarray:
+    """Intensity normalisation of one (z, y, x) image of input `channel` (its index), as the plan
+    records it (the same at training and inference)."""
+    norm = plan.normalizations[channel]
     array = array.astype(np.float32)
     if norm["scheme"] == "ct":
         clipped = np.clip(array, norm["clip_low"], norm["clip_high"])
@@ -183,7 +219,7 @@ def topology_from_nnunet_plans(
     plans: dict[str, Any],
     configuration: str = "3d_fullres",
     intensity_properties: dict[str, Any] | None = None,
-    modality: str | None = None,
+    channels: Sequence[str] | None = None,
 ) -> TopologyPlan:
     """Our topology from an nnU-Net v2 plans dict (``nnUNetPlans.json`` / a model's plans.json).
 
@@ -192,9 +228,11 @@ def topology_from_nnunet_plans(
     values after its ``transpose_forward``; they are put back into the images' (z, y, x) order.
     `intensity_properties`: a dataset fingerprint, or its
     ``foreground_intensity_properties_per_channel`` block (default: the copy inside `plans`);
-    needed for CT normalisation. `modality` defaults to CT for ``CTNormalization``, else MR.
-    Only what our network can express is accepted: one 3-D input channel, two convolutions per
-    stage, and CT or per-image z-score normalisation without nnU-Net's nonzero mask.
+    needed for CT normalisation. Each input channel's modality is CT for ``CTNormalization``,
+    else MR; `channels` names them (the dataset's ``channel_names`` in order, the registration
+    reference first; default: their modalities).
+    Only what our network can express is accepted: 3-D, two convolutions per stage, and CT or
+    per-image z-score normalisation without nnU-Net's nonzero mask.
     """
     where = f"nnU-Net plans {plans.get('plans_name', '?')} / {configuration}"
     configs = plans.get("configurations", {})
@@ -217,8 +255,10 @@ def topology_from_nnunet_plans(
         if any(int(n) != 2 for n in arch.get(key, [2])):
             raise UserError(f"{where}: {key}={arch[key]}; our network has 2 convs per stage")
     schemes, masked = config["normalization_schemes"], config.get("use_mask_for_norm", [False])
-    if len(schemes) != 1:
-        raise UserError(f"{where}: {len(schemes)} input channels; our network takes one")
+    if channels is not None and len(channels) != len(schemes):
+        raise UserError(
+            f"{where}: {len(schemes)} input channels but {len(channels)} names {list(channels)}"
+        )
     if any(masked):
         raise UserError(f"{where}: use_mask_for_norm is set; we z-score the whole image")
     back = np.argsort(plans.get("transpose_forward", [0, 1, 2]))
@@ -226,25 +266,29 @@ def topology_from_nnunet_plans(
     def zyx(values: list) -> list:
         return [values[int(b)] for b in back]
 
-    normalization: dict[str, float | str]
-    if schemes[0] == "CTNormalization":
-        props = intensity_properties or plans.get("foreground_intensity_properties_per_channel")
-        props = (props or {}).get("foreground_intensity_properties_per_channel", props) or {}
-        channel = props.get("0", props)
-        try:
-            normalization = {
-                "scheme": "ct",
-                "clip_low": float(channel["percentile_00_5"]),
-                "clip_high": float(channel["percentile_99_5"]),
-                "mean": float(channel["mean"]),
-                "std": float(max(channel["std"], 1e-8)),
-            }
-        except KeyError as err:
-            raise UserError(f"{where}: CT normalisation needs intensity property {err}") from None
-    elif schemes[0] == "ZScoreNormalization":
-        normalization = {"scheme": "zscore"}
-    else:
-        raise UserError(f"{where}: normalisation {schemes[0]} is not supported (CT or z-score)")
+    props = intensity_properties or plans.get("foreground_intensity_properties_per_channel")
+    props = (props or {}).get("foreground_intensity_properties_per_channel", props) or {}
+    normalizations: list[dict[str, float | str]] = []
+    for index, scheme in enumerate(schemes):
+        if scheme == "CTNormalization":
+            channel = props.get(str(index), props)
+            try:
+                normalizations.append({
+                    "scheme": "ct",
+                    "clip_low": float(channel["percentile_00_5"]),
+                    "clip_high": float(channel["percentile_99_5"]),
+                    "mean": float(channel["mean"]),
+                    "std": float(max(channel["std"], 1e-8)),
+                })  # fmt: skip
+            except KeyError as err:
+                raise UserError(
+                    f"{where}: CT normalisation of channel {index} needs intensity property {err}"
+                ) from None
+        elif scheme == "ZScoreNormalization":
+            normalizations.append({"scheme": "zscore"})
+        else:
+            raise UserError(f"{where}: normalisation {scheme} is not supported (CT or z-score)")
+    modalities = ["CT" if scheme == "CTNormalization" else "MR" for scheme in schemes]
     return TopologyPlan(
         patch_size=[int(p) for p in zyx(config["patch_size"])],
         spacing=[float(s) for s in zyx(config["spacing"])],
@@ -252,6 +296,7 @@ def topology_from_nnunet_plans(
         kernels=[[int(k) for k in zyx(list(kn))] for kn in kernels],
         features=[int(f) for f in arch["features_per_stage"]],
         median_shape=[int(m) for m in zyx(config["median_image_size_in_voxels"])],
-        modality=modality or ("CT" if schemes[0] == "CTNormalization" else "MR"),
-        normalization=normalization,
+        channels=list(channels) if channels is not None else modalities,
+        modalities=modalities,
+        normalizations=normalizations,
     )

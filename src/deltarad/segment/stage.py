@@ -1,11 +1,16 @@
 """The segmentation stage as the workflow runs it: patient splits, training and prediction from the
-results tree, segmentation QC (Dice, HD95) and the network-predictions table."""
+results tree, segmentation QC (Dice, HD95) and the network-predictions table.
+
+The validated samples table has one row per patient x timepoint x channel. A scan's row is its
+registration reference channel's (the row whose channel is not one of the study's extra
+channels); its other channels' images are found beside the reference's (layout.scan_paths)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +23,7 @@ from deltarad import io
 from deltarad.layout import BASELINE, scan_paths
 from deltarad.qc import dice
 from deltarad.runlog import UserError
-from deltarad.segment.data import PairCase
+from deltarad.segment.data import ExtraChannel, PairCase
 from deltarad.segment.plan import preset_for
 
 log = logging.getLogger(__name__)
@@ -64,8 +69,51 @@ def split_patients(
     return split
 
 
+def reference_rows(samples: pd.DataFrame, extra_channels: Sequence[str]) -> pd.DataFrame:
+    """One row per scan: its registration reference channel's (the rows whose channel is not an
+    extra one), with its `channel` (a row without one, or a table validated before channels
+    existed: its modality, as validation names it)."""
+    channel = samples["channel"] if "channel" in samples.columns else samples["modality"]
+    samples = samples.assign(channel=channel.fillna(samples["modality"]))
+    return samples[~samples["channel"].isin(extra_channels)]
+
+
+def _most_common(rows: pd.DataFrame, column: str, what: str) -> str:
+    if rows.empty:
+        raise UserError(f"segmentation: no scans of {what} in the samples table")
+    return str(rows[column].mode().iloc[0])
+
+
+def input_channels(
+    samples: pd.DataFrame, extra_channels: Sequence[str], patients: Sequence[str] | None = None
+) -> dict[str, str]:
+    """A network's input channels, name -> modality, the registration reference first: the most
+    common channel and modality of the reference rows of `patients` (default: all), then each
+    extra channel with its most common modality."""
+    if patients is not None:
+        samples = samples[samples["patient_id"].isin(patients)]
+    refs = reference_rows(samples, extra_channels)
+    reference = _most_common(refs, "channel", "the reference channel")
+    channels = {reference: _most_common(refs, "modality", "the reference channel")}
+    for channel in extra_channels:
+        rows = samples[samples["channel"] == channel]
+        channels[channel] = _most_common(rows, "modality", f"channel {channel}")
+    return channels
+
+
+def patient_channels(
+    samples: pd.DataFrame, patient: str, extra_channels: Sequence[str]
+) -> list[str]:
+    """A patient's channels, the reference first: the channel of its baseline's reference row
+    (the sheet names a single-channel study's), then the extra ones."""
+    refs = reference_rows(samples, extra_channels)
+    rows = refs[(refs["patient_id"] == patient) & (refs["timepoint"] == BASELINE)]
+    return [_most_common(rows, "channel", f"patient {patient}'s baseline"), *extra_channels]
+
+
 def patient_timepoints(samples: pd.DataFrame, patient: str) -> list[str]:
-    """A patient's timepoints in time order (baseline, then by days)."""
+    """A patient's timepoints in time order (baseline, then by days), from one row per scan
+    (:func:`reference_rows`)."""
     rows = samples.loc[samples["patient_id"] == patient, ["timepoint", "days"]]
     later = rows[rows["timepoint"] != BASELINE]
     order = later.assign(d=pd.to_numeric(later["days"], errors="coerce")).sort_values(
@@ -81,11 +129,13 @@ def pair_cases(
     clinical: pd.DataFrame | None,
     with_masks: bool = True,
     label: int = 1,
+    extra_channels: Sequence[str] = (),
 ) -> list[PairCase]:
     """(baseline, later timepoint) pairs of `patients`; the last later one (the post-treatment
-    scan) carries the outcome.
+    scan) carries the outcome. Each timepoint reads its reference channel's image, then those of
+    `extra_channels` (in that order).
     With `with_masks`, a scan's mask (on the baseline grid) is included where the sheet has a
-    drawn one, None elsewhere."""
+    drawn one (on any of the scan's rows), None elsewhere."""
     cases = []
     clin = clinical.set_index("patient_id") if clinical is not None else None
     drawn = set()
@@ -94,11 +144,13 @@ def pair_cases(
         drawn = set(
             samples.loc[has, ["patient_id", "timepoint"]].itertuples(index=False, name=None)
         )
+    scans = reference_rows(samples, extra_channels)
     for pid in patients:
-        tps = patient_timepoints(samples, pid)
+        tps = patient_timepoints(scans, pid)
         if len(tps) < 2:
             raise UserError(f"patient {pid}: the network needs a baseline and a later scan")
         base_img, base_mask = scan_paths(results, pid, BASELINE)
+        base_extra = [scan_paths(results, pid, BASELINE, ch)[0] for ch in extra_channels]
         outcome = {"response": math.nan, "time": math.nan, "event": math.nan}
         if clin is not None and pid in clin.index:
             for key in outcome:
@@ -106,6 +158,10 @@ def pair_cases(
                 outcome[key] = float(value) if pd.notna(value) else math.nan
         for tp in tps[1:]:
             img, mask = scan_paths(results, pid, tp)
+            extra = tuple(
+                ExtraChannel(ch, base, scan_paths(results, pid, tp, ch)[0])
+                for ch, base in zip(extra_channels, base_extra, strict=True)
+            )
             cases.append(
                 PairCase(
                     pid,
@@ -116,6 +172,7 @@ def pair_cases(
                     mask if (pid, tp) in drawn else None,
                     carries_outcome=(tp == tps[-1]),
                     label=label,
+                    extra=extra,
                     **outcome,
                 )  # fmt: skip
             )
@@ -133,11 +190,14 @@ def run_training(
     threads: int = 1,
     device: str = "auto",
     excluded_path: Path | None = None,
+    extra_channels: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Train preset `method` on the training centres' patients. `seg_config` holds what training
     depends on (seed, validation_fraction, training, network, augmentation, presets, and
     mask_label: the tumour label of the given masks, default 1). `excluded_path`: a failures
-    table (patient_id, ...) of patients to leave out (the registration QC gate's)."""
+    table (patient_id, ...) of patients to leave out (the registration QC gate's).
+    `extra_channels`: the study's channels besides the registration reference, input channels
+    of the network after it (each normalised by its own modality)."""
     from deltarad.segment.train import train_network
 
     preset = preset_for(method, seg_config)
@@ -152,12 +212,11 @@ def run_training(
     )
     train = sorted(p for p, s in split.items() if s == "train")
     val = sorted(p for p, s in split.items() if s == "val")
-    modality = samples.loc[samples["patient_id"].isin(train), "modality"].mode().iloc[0]
     meta = train_network(
-        pair_cases(results, samples, train, clinical, label=label),
-        pair_cases(results, samples, val, clinical, label=label),
+        pair_cases(results, samples, train, clinical, label=label, extra_channels=extra_channels),
+        pair_cases(results, samples, val, clinical, label=label, extra_channels=extra_channels),
         preset,
-        modality,
+        input_channels(samples, extra_channels, train),
         seg_config,
         out_dir,
         device_name=device,
@@ -177,13 +236,17 @@ def run_prediction(
     out_mask: Path,
     overlap: float = 0.5,
     device: str = "auto",
+    extra_channels: Sequence[str] = (),
 ) -> Path:
     """One scan's predicted mask on the baseline grid. A later scan is predicted from its pair with
-    the baseline; the baseline from its pair with the first later scan."""
+    the baseline; the baseline from its pair with the first later scan. `extra_channels`: the
+    study's channels besides the reference (a network trained on others is a UserError)."""
     from deltarad.segment.infer import predict_mask
 
     samples = io.read_tsv(samples_path)
-    cases = pair_cases(results, samples, [patient], None, with_masks=False)
+    cases = pair_cases(
+        results, samples, [patient], None, with_masks=False, extra_channels=extra_channels
+    )
     case = cases[0] if timepoint == BASELINE else next(c for c in cases if c.timepoint == timepoint)
     return predict_mask(
         model_dir,
@@ -192,6 +255,7 @@ def run_prediction(
         out_mask,
         device,
         overlap,
+        patient_channels(samples, patient, extra_channels),
     )
 
 
@@ -261,20 +325,27 @@ def network_predictions(
     samples_path: Path,
     device: str = "auto",
     mask_label: int = 1,
+    extra_channels: Sequence[str] = (),
 ) -> pd.DataFrame:
     """One row per (patient, network method with outcome heads): the end-to-end response
-    probability and risk score (NA for a head the preset lacks) and the patient's split."""
+    probability and risk score (NA for a head the preset lacks) and the patient's split.
+    `extra_channels`: the study's channels besides the reference (a network trained on others
+    is a UserError)."""
     from deltarad.segment.infer import predict_outcomes
 
     samples = io.read_tsv(samples_path)
     patients = sorted(samples["patient_id"].unique())
-    cases = pair_cases(results, samples, patients, None, True, label=mask_label)
+    cases = pair_cases(
+        results, samples, patients, None, True, label=mask_label, extra_channels=extra_channels
+    )
     cases = [c for c in cases if c.carries_outcome]
+    refs = reference_rows(samples, extra_channels)
+    channels = [_most_common(refs, "channel", "the reference channel"), *extra_channels]
     frames = []
     for method in methods:
         folder = results / "models/segmentation" / method
         split = json.loads((folder / "splits.json").read_text())
-        df = predict_outcomes(folder, cases, device)
+        df = predict_outcomes(folder, cases, device, channels)
         df.insert(1, "method", method)
         df["split"] = df["patient_id"].map(split)
         frames.append(df)

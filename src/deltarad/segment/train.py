@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,23 +44,31 @@ log = logging.getLogger(__name__)
 
 
 def make_plan(
-    cases: list[PairCase], modality: str, network: dict[str, Any], rng: np.random.Generator
+    cases: list[PairCase],
+    channels: Mapping[str, str],
+    network: dict[str, Any],
+    rng: np.random.Generator,
 ) -> TopologyPlan:
-    """The topology plan from the training pairs' baseline images (shapes, spacing, foreground)."""
-    shapes, foreground, spacing = [], [], None
+    """The topology plan from the training pairs' baseline images (shapes, spacing) and each input
+    channel's foreground values (`channels`: name -> modality, the registration reference
+    first)."""
+    shapes, spacing = [], None
+    foreground: list[list[np.ndarray]] = [[] for _ in channels]
     for case in cases:
         pair = load_pair(case, None, need_masks=True)
-        shapes.append(pair.base.shape)
+        shapes.append(pair.base.shape[1:])
         spacing = spacing_zyx(pair.reference)
-        for img, mask in ((pair.base, pair.base_mask), (pair.follow, pair.follow_mask)):
-            values = img[mask > 0]
-            if values.size:
-                foreground.append(rng.choice(values, size=min(values.size, 2000), replace=False))
+        for stack, mask in ((pair.base, pair.base_mask), (pair.follow, pair.follow_mask)):
+            for values_of_channel, img in zip(foreground, stack, strict=True):
+                values = img[mask > 0]
+                if values.size:
+                    chosen = rng.choice(values, size=min(values.size, 2000), replace=False)
+                    values_of_channel.append(chosen)
     return plan_topology(
         shapes,
         spacing,
-        modality,
-        np.concatenate(foreground) if foreground else np.empty(0),
+        channels,
+        [np.concatenate(f) if f else np.empty(0) for f in foreground],
         max_patch=tuple(network["max_patch"]),
         base_features=network["base_features"],
         max_features=network["max_features"],
@@ -104,7 +113,7 @@ def poly_lr(initial: float, step: int, total: int) -> float:
 def _case_fingerprint(case: PairCase) -> list[Any]:
     """What a checkpoint's validity depends on for one pair: its files (path, size, mtime) and
     its outcome labels, so changed data with the same IDs restarts training instead of resuming."""
-    files = [case.base_image, case.follow_image, case.base_mask, case.follow_mask]
+    files = [*case.base_images, *case.follow_images, case.base_mask, case.follow_mask]
     stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files if p is not None]
     return [case.patient_id, case.timepoint, stats, case.response, case.time, case.event]
 
@@ -163,7 +172,7 @@ def train_network(
     train_cases: list[PairCase],
     val_cases: list[PairCase],
     preset: Preset,
-    modality: str,
+    modality: str | Mapping[str, str],
     settings: dict[str, Any],
     out_dir: Path,
     device_name: str = "auto",
@@ -173,8 +182,21 @@ def train_network(
 ) -> dict[str, Any]:
     """Train one preset; write plan.json, checkpoint_final.pt and training_log.tsv to `out_dir`.
 
-    `plan`: a given topology (e.g. converted from nnU-Net's plans) instead of planning one here.
+    `modality`: the input channels, name -> modality, the registration reference first, then
+    the cases' `extra` channels in their order; a single modality stands for one channel named
+    after it. `plan`: a given topology (e.g. converted from nnU-Net's plans) instead of planning
+    one here.
     """
+    channels = {modality: modality} if isinstance(modality, str) else dict(modality)
+    for case in (*train_cases, *val_cases):
+        extra = [e.channel for e in case.extra]
+        if extra != list(channels)[1:]:
+            raise UserError(
+                f"segmentation ({preset.name}): patient {case.patient_id} has the channels "
+                f"{extra} besides the reference; the network is trained on {list(channels)}"
+            )
+    if plan is not None:
+        plan.check_channels(list(channels), "the given plan")
     with_masks = {
         c.patient_id for c in train_cases if c.base_mask is not None or c.follow_mask is not None
     }
@@ -191,7 +213,7 @@ def train_network(
         deterministic_kernels()
     out_dir.mkdir(parents=True, exist_ok=True)
     if plan is None:
-        plan = make_plan(train_cases, modality, net_cfg, np.random.default_rng(seed))
+        plan = make_plan(train_cases, channels, net_cfg, np.random.default_rng(seed))
     pairs = [load_pair(c, plan, need_masks=True) for c in train_cases]
     val_pairs = [load_pair(c, plan, need_masks=True) for c in val_cases]
     torch.manual_seed(seed)

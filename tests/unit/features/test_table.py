@@ -182,7 +182,9 @@ def test_complete_response_has_defined_shape_and_rings_around_the_bed(
     settings = FeatureSettings(**{**settings.__dict__, "params": str(tmp_path / "all.yaml")})
     assert not sitk.GetArrayFromImage(io.read_image(scans["followup"][1])).any()
     sources = {"baseline": "given", "followup": "given"}
-    write_patient(pid, scans, settings, tmp_path / "a.parquet", tmp_path / "a.tsv", {"CT": "CT"}, sources)
+    write_patient(
+        pid, scans, settings, tmp_path / "a.parquet", tmp_path / "a.tsv", {"CT": "CT"}, sources
+    )
     table = merge_features(
         [tmp_path / "a.parquet"], [tmp_path / "a.tsv"], tmp_path / "f.parquet", tmp_path / "x.tsv"
     )

@@ -3,6 +3,7 @@ resume, inference outputs, and clear errors."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 
@@ -13,6 +14,7 @@ import SimpleITK as sitk
 import torch
 
 from deltarad import io
+from deltarad.layout import scan_paths
 from deltarad.runlog import UserError
 from deltarad.segment.data import PairCase
 from deltarad.segment.infer import predict_mask, resolve_device
@@ -114,18 +116,21 @@ def test_cox_loss_without_events_is_zero_and_differentiable():
 
 
 def small_plan():
-    return plan_topology([(16, 16, 16)], (2.0, 2.0, 2.0), "MR", np.empty(0), (16, 16, 16), 4, 16)
+    return plan_topology(
+        [(16, 16, 16)], (2.0, 2.0, 2.0), {"MR": "MR"}, [np.empty(0)], (16, 16, 16), 4, 16
+    )
 
 
 def test_plan_follows_nnunet_rules_on_anisotropic_spacing():
     plan = plan_topology(
-        [(20, 64, 64), (24, 60, 60)], (5.0, 1.0, 1.0), "CT", np.arange(100.0), (32, 64, 64), 8, 64
-    )
+        [(20, 64, 64), (24, 60, 60)], (5.0, 1.0, 1.0), {"CT": "CT"}, [np.arange(100.0)],
+        (32, 64, 64), 8, 64,
+    )  # fmt: skip
     assert plan.strides[1] == [1, 2, 2]  # the 5 mm axis is not pooled until in-plane catches up
     assert plan.kernels[0] == [1, 3, 3]
     assert all(p % d == 0 for p, d in zip(plan.patch_size, plan.divisor, strict=False))
     assert plan.features == sorted(plan.features) and max(plan.features) <= 64
-    assert plan.normalization["scheme"] == "ct"
+    assert plan.normalizations[0]["scheme"] == "ct" and plan.channels == ["CT"]
 
 
 def test_siamese_encoder_shares_weights():
@@ -294,14 +299,19 @@ def test_hd95_matches_monai():
 def test_crop_at_centres_the_window_and_stays_inside_the_image():
     from deltarad.segment.data import crop_at
 
-    image = np.arange(20 * 20 * 20, dtype=np.float32).reshape(20, 20, 20)
+    image = np.arange(20 * 20 * 20, dtype=np.float32).reshape(1, 20, 20, 20)
     window = crop_at({"base": image}, np.array([8, 8, 8]), np.array([10, 10, 10]))["base"][0]
-    assert window.shape == (8, 8, 8) and window[4, 4, 4] == image[10, 10, 10]
+    assert window.shape == (8, 8, 8) and window[4, 4, 4] == image[0, 10, 10, 10]
     corner = crop_at({"base": image}, np.array([8, 8, 8]), np.array([0, 19, 1]))["base"][0]
-    np.testing.assert_array_equal(corner, image[0:8, 12:20, 0:8])
+    np.testing.assert_array_equal(corner, image[0, 0:8, 12:20, 0:8])
     # Smaller than the patch: padded with the image minimum, the centre still maps through.
-    small = crop_at({"base": image[:4, :4, :4]}, np.array([8, 8, 8]), np.array([1, 1, 1]))
+    small = crop_at({"base": image[:, :4, :4, :4]}, np.array([8, 8, 8]), np.array([1, 1, 1]))
     assert small["base"].shape == (1, 8, 8, 8) and small["base"].min() == 0
+    # Channels: the same window of each, every channel padded with its own minimum.
+    two = np.stack([image[0, :4, :4, :4], 1000.0 + image[0, :4, :4, :4]])
+    both = crop_at({"base": two}, np.array([8, 8, 8]), np.array([1, 1, 1]))["base"]
+    assert both.shape == (2, 8, 8, 8) and both[1].min() == 1000.0
+    np.testing.assert_array_equal(both[1] - 1000.0, both[0])
 
 
 def test_outcome_window_follows_the_predicted_tumour():
@@ -311,7 +321,7 @@ def test_outcome_window_follows_the_predicted_tumour():
     shape = (30, 30, 30)
     prob = np.zeros(shape, np.float32)
     prob[4:8, 20:24, 10:14] = 0.9  # predicted baseline tumour, centroid (5.5, 21.5, 11.5)
-    pair = LoadedPair(None, np.zeros(shape), np.zeros(shape), None, None, None)
+    pair = LoadedPair(None, np.zeros((1, *shape)), np.zeros((1, *shape)), None, None, None)
     assert roi_centre(pair, (prob, np.zeros(shape))).tolist() == [6, 22, 12]
     # Nothing above 0.5 at baseline: the follow-up's tumour; nowhere: the most likely voxel.
     assert roi_centre(pair, (np.zeros(shape), prob)).tolist() == [6, 22, 12]
@@ -439,3 +449,157 @@ def test_split_leaves_registration_failures_out():
     split = split_patients(samples, ["C2"], 0.2, 0, excluded={"P1", "P6"})
     assert split["P1"] == "excluded" and split["P6"] == "test"  # external: never trained on
     assert sum(s in ("train", "val") for s in split.values()) == 5
+
+
+# ---- several channels per timepoint (CT + PET) -------------------------------------------------
+
+STUDY_CHANNELS = {"CT": "CT", "PET": "PET"}  # channel -> modality, the registration reference first
+
+
+def write_two_channel_study(root, n_patients: int = 4):
+    """A CT + PET study's results tree: each patient's baseline (preprocessed) and follow-up
+    (registered) images of both channels and their masks where scan_paths puts them; the
+    validated samples table (one row per scan x channel; a scan's mask on one of its rows) and
+    the clinical sheet."""
+    results = root / "results"
+    rng = np.random.default_rng(11)
+    grid = np.indices((16, 16, 16)).astype(float)
+    rows, clinical = [], []
+    for i in range(n_patients):
+        pid = f"P{i}"
+        centre = rng.uniform(6, 10, size=3)
+        for tp, days, radius in (("baseline", 0, 4.5), ("followup", 90, 3.5)):
+            inside = np.sqrt(((grid - centre[:, None, None, None]) ** 2).sum(0)) <= radius
+            arrays = {
+                "CT": 100.0 * inside + rng.normal(0, 15, inside.shape),
+                "PET": 8.0 * inside + rng.gamma(2.0, 0.5, inside.shape),  # another scale
+            }
+            mask_path = scan_paths(results, pid, tp)[1]
+            for channel, array in arrays.items():
+                img = sitk.GetImageFromArray(array.astype(np.float32))
+                img.SetSpacing((2.0, 2.0, 2.0))
+                path = scan_paths(results, pid, tp, None if channel == "CT" else channel)[0]
+                io.write_image(img, path)
+                # The follow-up masks were drawn on PET, the baseline ones on CT.
+                drawn = (channel == "CT") == (tp == "baseline")
+                rows.append([pid, "C1", tp, days, STUDY_CHANNELS[channel], channel, str(path),
+                             str(mask_path) if drawn else ""])  # fmt: skip
+            mask = sitk.GetImageFromArray(inside.astype(np.uint8))
+            mask.SetSpacing((2.0, 2.0, 2.0))
+            io.write_image(mask, mask_path)
+        clinical.append([pid, float(i % 2), 10.0 + i, float(i % 3 != 0)])
+    columns = ["patient_id", "center", "timepoint", "days", "modality", "channel", "image", "mask"]
+    samples = io.write_table(pd.DataFrame(rows, columns=columns), root / "samples.tsv")
+    table = pd.DataFrame(clinical, columns=["patient_id", "response", "time", "event"])
+    return results, samples, io.write_table(table, root / "clinical.tsv")
+
+
+def test_pair_cases_take_the_reference_rows_and_stack_the_other_channels(tmp_path):
+    from deltarad.segment.data import ExtraChannel
+    from deltarad.segment.stage import input_channels, pair_cases, patient_channels
+
+    results, samples_path, _ = write_two_channel_study(tmp_path, n_patients=2)
+    samples = io.read_tsv(samples_path)
+    cases = pair_cases(results, samples, ["P0", "P1"], None, extra_channels=["PET"])
+    assert [(c.patient_id, c.timepoint) for c in cases] == [("P0", "followup"), ("P1", "followup")]
+    case = cases[0]
+    assert case.base_image == scan_paths(results, "P0", "baseline")[0]
+    assert case.extra == (
+        ExtraChannel(
+            "PET",
+            scan_paths(results, "P0", "baseline", "PET")[0],
+            scan_paths(results, "P0", "followup", "PET")[0],
+        ),
+    )
+    assert case.follow_images[1].name == "followup__PET.nii.gz"
+    # A mask drawn on any row of a scan (here the follow-up's PET row) labels the scan.
+    assert case.base_mask is not None and case.follow_mask is not None
+    assert input_channels(samples, ["PET"]) == STUDY_CHANNELS
+    assert patient_channels(samples, "P1", ["PET"]) == ["CT", "PET"]
+    # Training needs the channels the cases carry.
+    with pytest.raises(UserError, match=r"P0 has the channels \['PET'\] .* trained on \['CT'\]"):
+        train_network(cases, [], SEG_OUTCOME, "CT", SETTINGS, tmp_path / "m", "cpu")
+
+
+@pytest.fixture(scope="module")
+def two_channel_model(tmp_path_factory):
+    """A CT + PET network trained through the workflow's entry point (2 epochs x 2 iterations)."""
+    from deltarad.segment.stage import run_training
+
+    root = tmp_path_factory.mktemp("two_channels")
+    results, samples, clinical = write_two_channel_study(root)
+    seg_config = {
+        **SETTINGS,
+        "training": {**SETTINGS["training"], "epochs": 2, "iterations_per_epoch": 2},
+        "augmentation": {**SETTINGS["augmentation"], "affine_prob": 0.5, "rotate_deg": 10,
+                         "scale": 0.1, "gamma_prob": 0.5, "intensity_prob": 0.5},
+        "seed": 0,
+        "validation_fraction": 0.25,
+        "presets": {"all": {"heads": ["segmentation", "response", "survival", "reconstruction"],
+                            "outcome_scales": 2}},
+    }  # fmt: skip
+    out = results / "models/segmentation/all"
+    meta = run_training("all", seg_config, results, samples, clinical, [], out, device="cpu",
+                        extra_channels=["PET"])  # fmt: skip
+    return {"results": results, "samples": samples, "model": out, "meta": meta}
+
+
+def test_two_channel_network_reads_both_channels(two_channel_model):
+    from deltarad.segment.infer import load_model
+
+    topology = json.loads((two_channel_model["model"] / "plan.json").read_text())["topology"]
+    assert topology["channels"] == ["CT", "PET"] and topology["modalities"] == ["CT", "PET"]
+    ct, pet = topology["normalizations"]
+    assert ct["scheme"] == "ct" and 50 < ct["clip_low"] < ct["mean"] < ct["clip_high"] < 200
+    assert pet == {"scheme": "zscore"}  # each channel by its own modality
+    net, plan, _ = load_model(two_channel_model["model"], torch.device("cpu"), ["CT", "PET"])
+    assert net.encoder.stages[0][0].weight.shape[1] == 2  # in_channels
+    assert net.reconstructor.outputs[0].weight.shape[0] == 2  # rebuilds both channels
+    history = pd.read_csv(two_channel_model["model"] / "training_log.tsv", sep="\t")
+    assert len(history) == 2 and np.isfinite(history["loss"]).all()
+
+
+def test_two_channel_prediction_and_mismatched_channels(two_channel_model, tmp_path):
+    from deltarad.segment.stage import network_predictions, run_prediction
+
+    results, samples = two_channel_model["results"], two_channel_model["samples"]
+    model = two_channel_model["model"]
+    out = run_prediction(model, "P3", "followup", results, samples, tmp_path / "m.nii.gz",
+                         device="cpu", extra_channels=["PET"])  # fmt: skip
+    mask, image = io.read_image(out), io.read_image(scan_paths(results, "P3", "followup")[0])
+    assert set(np.unique(sitk.GetArrayFromImage(mask))) <= {0, 1}
+    assert io.Geometry.of(mask) == io.Geometry.of(image)
+    table = network_predictions(["all"], results, samples, "cpu", extra_channels=["PET"])
+    assert table["patient_id"].tolist() == ["P0", "P1", "P2", "P3"]
+    assert table["response_probability"].between(0, 1).all() and table["risk_score"].notna().all()
+    # The study without PET (or with its channels in another order) cannot use this network.
+    with pytest.raises(UserError, match=r"reads the channels \['CT', 'PET'\].*study has \['CT'\]"):
+        run_prediction(model, "P3", "followup", results, samples, tmp_path / "x.nii.gz",
+                       device="cpu")  # fmt: skip
+    with pytest.raises(UserError, match=r"reads the channels \['CT', 'PET'\].*has \['CT', 'MR'\]"):
+        network_predictions(["all"], results, samples, "cpu", extra_channels=["MR"])
+    assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_plan_written_before_channels_is_single_channel(trained, pairs, tmp_path):
+    """A plan.json without `channels` (one modality and normalisation) reads as one channel named
+    after its modality and predicts as before."""
+    import shutil
+
+    from deltarad.segment.plan import TopologyPlan
+
+    old = tmp_path / "old"
+    shutil.copytree(trained, old)
+    meta = json.loads((old / "plan.json").read_text())
+    topology = meta["topology"]
+    normalization = topology.pop("normalizations")[0]
+    del topology["channels"], topology["modalities"]
+    meta["topology"] = {**topology, "modality": "MR", "normalization": normalization}
+    (old / "plan.json").write_text(json.dumps(meta))
+    plan = TopologyPlan.from_json(meta["topology"])
+    assert plan.channels == plan.modalities == ["MR"] and plan.normalizations == [normalization]
+    a = predict_mask(old, pairs[4], False, tmp_path / "a.nii.gz", "cpu", channels=["CT"])
+    b = predict_mask(trained, pairs[4], False, tmp_path / "b.nii.gz", "cpu")
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(io.read_image(a)), sitk.GetArrayFromImage(io.read_image(b))
+    )

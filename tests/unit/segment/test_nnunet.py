@@ -170,6 +170,82 @@ def test_cases_from_rule_inputs():
     ]
 
 
+def test_cases_from_rule_inputs_with_extra_channels():
+    named = {"P1__baseline": "a.nii.gz", "P1__baseline__PET": "a_pet.nii.gz",
+             "P1__baseline_mask": "m.nii.gz", "P1__followup": "b", "P1__followup__PET": "b_pet",
+             "samples": "s.tsv"}  # fmt: skip
+    cases = nnunet.cases_from_inputs(named, ["PET"])
+    assert [c.images for c in cases] == [
+        [Path("a.nii.gz"), Path("a_pet.nii.gz")],
+        [Path("b"), Path("b_pet")],
+    ]
+    assert cases[0].mask == Path("m.nii.gz") and cases[1].mask is None
+    del named["P1__followup__PET"]
+    with pytest.raises(UserError, match=r"P1__followup: no image of channel\(s\) \['PET'\]"):
+        nnunet.cases_from_inputs(named, ["PET"])
+
+
+def test_two_channel_export(tmp_path):
+    """A CT + PET study: the reference channel is nnU-Net's input 0 (``_0000``), PET input 1
+    (``_0001``), named after their modalities in dataset.json; a channel off its scan's grid is
+    a clear error."""
+    cases = []
+    for case in make_cases(tmp_path / "data", n_patients=2):
+        pet = io.read_image(case.image) * 0.1
+        pet_path = io.write_image(pet, case.image.with_name(f"{case.case_id}__PET.nii.gz"))
+        cases.append(case._replace(extra_images=(pet_path,)))
+    raw = nnunet.export_dataset(cases, tmp_path / "nn", 8, "Two", ["CT", "PET"])
+    meta = json.loads((raw / "dataset.json").read_text())
+    assert meta["channel_names"] == {"0": "CT", "1": "PET"}
+    names = sorted(p.name for p in (raw / "imagesTr").iterdir())
+    assert names == [f"{c.case_id}_{i:04d}.nii.gz" for c in cases for i in (0, 1)]
+    pet = sitk.GetArrayFromImage(io.read_image(raw / "imagesTr/P000__baseline_0001.nii.gz"))
+    np.testing.assert_allclose(pet, sitk.GetArrayFromImage(io.read_image(cases[0].image)) * 0.1)
+    with pytest.raises(UserError, match=r"P000__baseline has 2 channel image\(s\) but .* \['CT'\]"):
+        nnunet.export_dataset(cases, tmp_path / "nn", 8, "Two", "CT")
+    shifted = io.read_image(cases[0].extra_images[0])
+    shifted.SetOrigin((40.0, 0.0, 0.0))
+    io.write_image(shifted, cases[0].extra_images[0])
+    with pytest.raises(UserError, match=r"channel image .*__PET.nii.gz differs from .* in origin"):
+        nnunet.export_dataset(cases, tmp_path / "nn", 8, "Two", ["CT", "PET"])
+
+
+def test_prediction_needs_the_model_channels(pipeline):
+    """A single-channel model given two images per scan (a study with another channel) fails
+    before loading anything."""
+    cid, image = pipeline["targets"][0]
+    with pytest.raises(UserError, match=r"expects 1 input channel\(s\).*gives 2 image\(s\)"):
+        nnunet.predict(pipeline["pretrained"], [(cid, [image, image])], pipeline["tmp"] / "y")
+
+
+def test_network_normalisation_of_each_channel():
+    """nnU-Net's normalisation of a two-channel scan (CT scheme for channel 0, z-score for 1),
+    cropped to where any channel is non-zero, as its preprocessor does it."""
+    from types import SimpleNamespace
+
+    model = nnunet_network.NnunetNetwork(
+        None,
+        SimpleNamespace(foreground_intensity_properties_per_channel={
+            "0": {"percentile_00_5": 10.0, "percentile_99_5": 90.0, "mean": 50.0, "std": 20.0},
+            "1": {},
+        }),
+        SimpleNamespace(normalization_schemes=["CTNormalization", "ZScoreNormalization"],
+                        use_mask_for_norm=[False, False]),
+        "cpu",
+    )  # fmt: skip
+    rng = np.random.default_rng(2)
+    scan = np.zeros((2, 6, 7, 8), np.float32)
+    scan[:, 1:5, 2:6, 1:7] = rng.normal(50, 30, (2, 4, 4, 6))
+    out = nnunet_network.normalize_for_network(scan, model)
+    inside = (slice(1, 5), slice(2, 6), slice(1, 7))
+    np.testing.assert_allclose(out[0][inside], (np.clip(scan[0][inside], 10, 90) - 50) / 20,
+                               rtol=1e-5)  # fmt: skip
+    pet = scan[1][inside]
+    np.testing.assert_allclose(out[1][inside], (pet - pet.mean()) / pet.std(), rtol=1e-4,
+                               atol=1e-5)  # fmt: skip
+    assert not out[:, 0].any() and not out[:, :, :, 0].any()  # outside the non-zero box: 0
+
+
 def test_finished_training_is_not_repeated(pipeline):
     final = pipeline["model"] / "fold_0/checkpoint_final.pth"
     before = final.stat().st_mtime_ns
@@ -269,16 +345,16 @@ def test_nnunet_deep_features_pool_the_encoder_maps(pipeline):
     scans = {"baseline": (base.image, base.mask), "followup": (follow.image, follow.mask)}
     settings = FeatureSettings(NO_PARAMS, rings_mm=((0, 3), (3, 6)), label=TUMOUR_LABEL)
     encoder = nnunet_encoder(pipeline["pretrained"], "cpu", fold=0)
-    row = patient_deep_features("P000", encoder, scans, settings, [0, 1], ("mean", "max"))
+    row = patient_deep_features("P000", encoder, scans, ["MR"], settings, [0, 1], ("mean", "max"))
     plans = json.loads((pipeline["pretrained"] / "plans.json").read_text())
     widths = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
     widths = widths["features_per_stage"][:2]
     cols = list(row.columns[1:])
     assert len(cols) == 2 * 3 * sum(widths) * 2  # timepoints x regions x channels x stats
-    assert f"followup__ring3to6mm__deep__l1_f{widths[1] - 1:03d}_max" in cols
+    assert f"followup__MR__ring3to6mm__deep__l1_f{widths[1] - 1:03d}_max" in cols
     assert np.isfinite(row[cols].to_numpy(float)).all()
-    tumour = row.filter(like="baseline__tumor__deep__l1_").to_numpy(float)
-    ring = row.filter(like="baseline__ring0to3mm__deep__l1_").to_numpy(float)
+    tumour = row.filter(like="baseline__MR__tumor__deep__l1_").to_numpy(float)
+    ring = row.filter(like="baseline__MR__ring0to3mm__deep__l1_").to_numpy(float)
     assert not np.allclose(tumour, ring, rtol=0.05)
 
     # By hand: nnU-Net's z-score of the whole scan (non-zero everywhere), its encoder's first
@@ -292,7 +368,7 @@ def test_nnunet_deep_features_pool_the_encoder_maps(pipeline):
         maps = model.network.encoder(torch.from_numpy(x)[None, None])
     inside = sitk.GetArrayFromImage(io.read_image(base.mask)) == TUMOUR_LABEL
     expected = float(maps[0][0, 0].numpy()[inside].mean())
-    got = row["baseline__tumor__deep__l0_f000_mean"].iloc[0]
+    got = row["baseline__MR__tumor__deep__l0_f000_mean"].iloc[0]
     assert got == pytest.approx(expected, rel=1e-4, abs=1e-5)
 
     # A scan off the plans' spacing is resampled to it (same columns, finite values).
@@ -302,9 +378,9 @@ def test_nnunet_deep_features_pool_the_encoder_maps(pipeline):
         img.SetSpacing((1.0, 1.0, 1.0))  # the plans say 1.5 mm along z
         odd[kind] = io.write_image(img, pipeline["tmp"] / f"odd_spacing_{kind}.nii.gz")
     resampled = patient_deep_features(
-        "P000", encoder, {"baseline": (odd["image"], odd["mask"])}, settings, [0, 1]
+        "P000", encoder, {"baseline": (odd["image"], odd["mask"])}, ["MR"], settings, [0, 1]
     )
     assert len(resampled.columns) == 1 + 3 * sum(widths)
     assert np.isfinite(resampled.iloc[:, 1:].to_numpy(float)).all()
     with pytest.raises(UserError, match=r"features.deep.levels: \[9\] outside"):
-        patient_deep_features("P000", encoder, scans, settings, [9])
+        patient_deep_features("P000", encoder, scans, ["MR"], settings, [9])

@@ -71,8 +71,8 @@ def test_topology_fields_from_plans():
     assert plan.kernels == [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]]
     assert plan.features == [32, 64, 128, 256]
     assert plan.median_shape == [30, 60, 50]
-    assert plan.modality == "MR"
-    assert plan.normalization == {"scheme": "zscore"}
+    assert plan.channels == plan.modalities == ["MR"]
+    assert plan.normalizations == [{"scheme": "zscore"}]
     assert plan.divisor.tolist() == [4, 8, 8]
     inherited = topology_from_nnunet_plans(nnunet_plans(), "3d_wide")
     assert inherited.patch_size == [16, 32, 32]
@@ -90,10 +90,10 @@ def test_transposed_plans_come_back_in_image_axis_order():
 
 def test_ct_normalisation_matches_nnunet_formula():
     plan = topology_from_nnunet_plans(nnunet_plans("CTNormalization"), "3d_fullres")
-    assert plan.modality == "CT"
-    assert plan.normalization == {
+    assert plan.modalities == ["CT"]
+    assert plan.normalizations == [{
         "scheme": "ct", "clip_low": 61.25, "clip_high": 137.5, "mean": 100.0, "std": 14.9
-    }  # fmt: skip
+    }]  # fmt: skip
     image = np.random.default_rng(0).normal(100, 40, (4, 5, 6)).astype(np.float32)
     expected = (np.clip(image, 61.25, 137.5) - 100.0) / 14.9
     np.testing.assert_allclose(normalize(image, plan), expected, rtol=1e-6)
@@ -103,13 +103,13 @@ def test_ct_normalisation_matches_nnunet_formula():
     other = copy.deepcopy(INTENSITY)
     other["0"]["mean"] = 90.0
     fingerprint = {"foreground_intensity_properties_per_channel": other}
-    assert topology_from_nnunet_plans(plans, intensity_properties=fingerprint).normalization[
+    assert topology_from_nnunet_plans(plans, intensity_properties=fingerprint).normalizations[0][
         "mean"
     ] == pytest.approx(90.0)
-    assert topology_from_nnunet_plans(plans, intensity_properties=other).normalization[
+    assert topology_from_nnunet_plans(plans, intensity_properties=other).normalizations[0][
         "mean"
     ] == pytest.approx(90.0)
-    with pytest.raises(UserError, match="CT normalisation needs intensity property"):
+    with pytest.raises(UserError, match="CT normalisation of channel 0 needs intensity property"):
         topology_from_nnunet_plans(plans)
 
 
@@ -139,7 +139,6 @@ def test_encoder_matches_nnunet_network_built_from_the_same_plans():
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda c: c.update(normalization_schemes=["Z", "Z"]), "2 input channels"),
         (lambda c: c.update(use_mask_for_norm=[True]), "use_mask_for_norm"),
         (lambda c: c.update(normalization_schemes=["RescaleTo01Normalization"]), "not supported"),
         (lambda c: c["architecture"]["arch_kwargs"].update(n_conv_per_stage=[1, 1, 1, 1]),
@@ -162,3 +161,27 @@ def test_unknown_configuration_and_broken_inheritance():
     plans["configurations"]["3d_wide"]["inherits_from"] = "3d_lowres"
     with pytest.raises(UserError, match="broken 'inherits_from' chain"):
         topology_from_nnunet_plans(plans, "3d_wide")
+
+
+def test_multichannel_plans_normalise_each_channel_by_its_scheme():
+    """Two input channels (CT + PET, as nnU-Net's channel_names 0 and 1): CT normalisation from
+    channel 0's intensity properties, per-image z-score for channel 1; the encoder's first
+    convolution reads both."""
+    plans = nnunet_plans()
+    plans["configurations"]["3d_fullres"]["normalization_schemes"] = [
+        "CTNormalization", "ZScoreNormalization"
+    ]  # fmt: skip
+    plans["configurations"]["3d_fullres"]["use_mask_for_norm"] = [False, False]
+    plans["foreground_intensity_properties_per_channel"]["1"] = {"mean": 5.0, "std": 2.0}
+    plan = topology_from_nnunet_plans(plans, channels=["CT", "PET"])
+    assert plan.channels == ["CT", "PET"] and plan.modalities == ["CT", "MR"]
+    assert plan.normalizations[0]["clip_high"] == 137.5
+    assert plan.normalizations[1] == {"scheme": "zscore"}
+    image = np.random.default_rng(1).normal(3, 2, (4, 5, 6)).astype(np.float32)
+    np.testing.assert_allclose(
+        normalize(image, plan, 1), (image - image.mean()) / image.std(), rtol=1e-5, atol=1e-6
+    )
+    net = LongitudinalNet(plan, Preset("seg_only", ("segmentation",)), deep_supervision=1)
+    assert net.encoder.stages[0][0].weight.shape[1] == 2
+    with pytest.raises(UserError, match=r"2 input channels but 1 names \['CT'\]"):
+        topology_from_nnunet_plans(plans, channels=["CT"])
