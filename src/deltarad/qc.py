@@ -77,6 +77,14 @@ def collect_registration_qc(
     return df
 
 
+def failed_patients(path: str | Path | None) -> set[str]:
+    """The patients of a failures table (``patient_id, stage, error``; an empty file or None:
+    none), e.g. those the registration QC gate dropped, whom every later stage leaves out."""
+    if path is None or Path(path).stat().st_size == 0:
+        return set()
+    return set(io.read_tsv(path).get("patient_id", pd.Series(dtype=str)).dropna())
+
+
 def merge_failures(paths: list[str | Path], out: str | Path) -> pd.DataFrame:
     """All stages' failure tables -> tables/failures.tsv (patient_id, stage, error)."""
     frames = [io.read_tsv(p) for p in paths]

@@ -176,6 +176,8 @@ if NNUNET in SEGMENT["methods"] and not NNUNET_CFG["pretrained"]:
         input:
             unpack(network_training_inputs),
             samples=RESULTS / "tables/samples.validated.tsv",
+            # Patients the registration QC gate dropped are not trained on.
+            excluded=RESULTS / "qc/failures_registration.tsv",
         output:
             dataset_json=NNUNET_ROOT / "raw" / NNUNET_DATASET / "dataset.json",
             splits=NNUNET_ROOT / "preprocessed" / NNUNET_DATASET / "splits_final.json",

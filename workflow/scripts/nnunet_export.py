@@ -2,13 +2,15 @@
 
 Inputs named ``{patient}__{timepoint}`` (the reference channel's image),
 ``{patient}__{timepoint}__{channel}`` (each extra channel's) and ``{patient}__{timepoint}_mask``;
-with extra channels also ``samples`` (the validated samples table), whose modality of each extra
+``excluded`` (the registration gate's failures: those patients are left out); with extra
+channels also ``samples`` (the validated samples table), whose modality of each extra
 channel names its nnU-Net input channel (``CT`` selects nnU-Net's CT normalisation).
 """
 
 from pathlib import Path
 
 from deltarad import io
+from deltarad.qc import failed_patients
 from deltarad.runlog import log_to
 from deltarad.segment.nnunet import cases_from_inputs, export_training_set
 from deltarad.segment.stage import input_channels
@@ -25,5 +27,5 @@ with log_to(snakemake.log[0]):
         names += [modalities[channel] for channel in extra]
     export_training_set(
         named, Path(p.root), s["dataset_id"], s["dataset_name"], names, s["n_folds"], p.seed,
-        p.mask_label, extra,
+        p.mask_label, extra, failed_patients(snakemake.input.excluded),
     )  # fmt: skip

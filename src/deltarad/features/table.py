@@ -35,6 +35,7 @@ from deltarad.features.handcrafted import (
 from deltarad.features.naming import QC, SEP, column, parse
 from deltarad.features.regions import TUMOR, parse_rings, region_name, series_regions
 from deltarad.layout import BASELINE
+from deltarad.qc import failed_patients
 from deltarad.runlog import UserError
 
 STAGE = "features"
@@ -259,9 +260,7 @@ def merge_features(
     are left out of both. `samples` (the validated sheet) orders the timepoints in time (by
     their median days), which `previous` deltas (each timepoint against the one before) need.
     """
-    drop: set[str] = set()
-    if excluded is not None and Path(excluded).stat().st_size > 0:
-        drop = set(io.read_tsv(excluded).get("patient_id", pd.Series(dtype=str)).dropna())
+    drop = failed_patients(excluded)
     # Several partial files per patient (handcrafted, deep) are joined into one row.
     by_patient: dict[str, dict[str, Any]] = {}
     for path in partials:

@@ -18,12 +18,13 @@ the study's other channels (co-registered, on the same grid) in its order.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -36,6 +37,7 @@ from deltarad.layout import nnunet_dataset_name as dataset_name
 from deltarad.runlog import UserError
 from deltarad.segment.device import resolve_device
 
+log = logging.getLogger(__name__)
 # PLANS and dataset_name come from deltarad.layout, as does nnunet_model_folder (where train
 # puts the model): the workflow computes these folder names while parsing, without numpy.
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
@@ -300,15 +302,21 @@ def export_training_set(
     seed: int,
     mask_label: int = 1,
     extra_channels: Sequence[str] = (),
+    excluded: Collection[str] = (),
 ) -> dict[str, Path]:
     """The export rule's one call: the raw dataset and its patient-level splits.
 
     The splits are checked first, so a cohort too small for `n_folds` fails before any copying.
     `channel_names`: nnU-Net's name of each input channel (:func:`export_dataset`);
     `extra_channels`: the study's channels besides the reference, whose images are named inputs
-    too (:func:`cases_from_inputs`).
+    too (:func:`cases_from_inputs`); `excluded`: patients the registration QC gate dropped (their
+    later scans are not in baseline space), left out like from every later stage.
     """
-    cases = cases_from_inputs(named_inputs, extra_channels)
+    cases = [
+        c for c in cases_from_inputs(named_inputs, extra_channels) if c.patient_id not in excluded
+    ]
+    if excluded:
+        log.info("nnU-Net export: %d patient(s) left out by the registration gate", len(excluded))
     final_name = dataset_name(dataset_id, name)
     preprocessed = Path(root).resolve() / "preprocessed" / final_name
     with tempfile.TemporaryDirectory() as scratch:

@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from deltarad import io
 from deltarad.layout import BASELINE, scan_paths
-from deltarad.qc import dice
+from deltarad.qc import dice, failed_patients
 from deltarad.runlog import UserError
 from deltarad.segment.data import ExtraChannel, PairCase
 from deltarad.segment.plan import preset_for
@@ -204,9 +204,7 @@ def run_training(
     label = int(seg_config.get("mask_label", 1))
     samples = io.read_tsv(samples_path)
     clinical = io.read_tsv(clinical_path)
-    excluded = set()
-    if excluded_path is not None and Path(excluded_path).stat().st_size > 0:
-        excluded = set(io.read_tsv(excluded_path).get("patient_id", pd.Series(dtype=str)).dropna())
+    excluded = failed_patients(excluded_path)
     split = split_patients(
         samples, external_centers, seg_config["validation_fraction"], seg_config["seed"], excluded
     )

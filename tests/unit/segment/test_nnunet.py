@@ -384,3 +384,20 @@ def test_nnunet_deep_features_pool_the_encoder_maps(pipeline):
     assert np.isfinite(resampled.iloc[:, 1:].to_numpy(float)).all()
     with pytest.raises(UserError, match=r"features.deep.levels: \[9\] outside"):
         patient_deep_features("P000", encoder, scans, ["MR"], settings, [9])
+
+
+def test_export_leaves_out_registration_gate_failures(tmp_path):
+    """Patients the registration QC gate dropped are neither trained on nor in a fold."""
+    cases = make_cases(tmp_path / "data", n_patients=5)
+    named = {c.case_id: c.image for c in cases} | {f"{c.case_id}_mask": c.mask for c in cases}
+    out = nnunet.export_training_set(
+        named, tmp_path / "nn", 9, "Gate", "CT", n_folds=2, seed=0, mask_label=TUMOUR_LABEL,
+        excluded={"P001"},
+    )  # fmt: skip
+    dataset = json.loads(out["dataset_json"].read_text())
+    assert dataset["numTraining"] == 8
+    raw = sorted(p.name for p in (out["dataset_json"].parent / "imagesTr").iterdir())
+    assert raw and not [n for n in raw if n.startswith("P001")]
+    folds = json.loads(out["splits"].read_text())
+    patients = {case.split("__")[0] for fold in folds for case in fold["train"] + fold["val"]}
+    assert patients == {"P000", "P002", "P003", "P004"}
