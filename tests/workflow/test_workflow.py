@@ -281,6 +281,9 @@ def test_gate_drops_patients_and_the_rest_finish(finished_run, tmp_path):
     result = snakemake(finished_run, configs=configs)
     assert result.returncode == 0, result.stderr[-3000:]
     failures = io.read_tsv(finished_run / "results/tables/failures.tsv")
+    # (The network retrained on 2 patients may also leave feature-stage rows: rings of its
+    # oversized masks with too few voxels.)
+    failures = failures[failures["stage"] == "registration"]
     expected = sorted(worst.index[worst > threshold])
     # Listed once per patient, whichever of its later scans failed.
     assert sorted(failures["patient_id"]) == expected and c1.index[-1] in expected
