@@ -335,7 +335,7 @@ def test_bad_user_sheets_stop_before_compute_listing_every_problem(tiny_cohort, 
         "patient C1-002, timepoint baseline, channel CT, column 'mask': mask grid differs from "
         "the image in origin" in out
     )
-    assert "patient C1-003, timepoint baseline, channel CT, column 'timepoint': duplicate" in out
+    assert "patient C1-003, timepoint baseline, channel CT, column 'channel': duplicate" in out
     assert not (workdir / "results/provenance.json").exists()
     assert not (workdir / "results/tables/samples.validated.tsv").exists()
 
