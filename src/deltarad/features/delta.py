@@ -23,9 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from deltarad.features.naming import SEP, parse
-
-__all__ = ["SEP", "add_deltas", "delta_names", "is_change", "relative_change"]
+from deltarad.features.naming import parse
 
 
 def relative_change(
